@@ -1,0 +1,77 @@
+import keras
+from keras import ops
+
+from tfbert.layers.activations import get_activation
+
+
+@keras.saving.register_keras_serializable(package="tfbert")
+class MaskedLMHead(keras.layers.Layer):
+    """BERT's masked-LM head on the masked positions only.
+
+    Gathers `masked_lm_positions` first, so the transform (dense, activation, LayerNorm)
+    and the [H, V] decoder run on P rows per example rather than S. The decoder is tied
+    to the word embeddings (`embeddings`, set by the owning model and not serialised)
+    plus an output bias.
+
+    Called on `(sequence_output [B, S, H], masked_lm_positions int [B, P])`; returns
+    logits [B, P, V].
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        hidden_dim,
+        activation="gelu",
+        initializer_range=0.02,
+        layer_norm_epsilon=1e-12,
+        embeddings=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.vocabulary_size = vocabulary_size
+        self.hidden_dim = hidden_dim
+        self.activation = activation
+        self.initializer_range = initializer_range
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.embeddings = embeddings  # a keras.layers.Embedding, shared with the encoder
+        self.transform = keras.layers.Dense(
+            hidden_dim,
+            activation=get_activation(activation),
+            kernel_initializer=keras.initializers.TruncatedNormal(stddev=initializer_range),
+            dtype=self.dtype_policy,
+            name="transform",
+        )
+        self.layer_norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype="float32", name="layer_norm"
+        )
+
+    def build(self, input_shape=None):
+        self.transform.build((None, None, self.hidden_dim))
+        self.layer_norm.build((None, None, self.hidden_dim))
+        self.output_bias = self.add_weight(
+            name="output_bias", shape=(self.vocabulary_size,), initializer="zeros"
+        )
+        self.built = True
+
+    def call(self, sequence_output, masked_lm_positions):
+        # B=batch, S=sequence, P=predictions, H=hidden, V=vocabulary.
+        if self.embeddings is None:
+            raise ValueError("MaskedLMHead needs the encoder's word embeddings (embeddings=)")
+        positions = ops.cast(masked_lm_positions, "int32")
+        x = ops.take_along_axis(sequence_output, positions[:, :, None], axis=1)  # [B, P, H]
+        x = self.layer_norm(self.transform(x))
+        x = ops.cast(x, self.compute_dtype)
+        table = ops.cast(self.embeddings.embeddings, self.compute_dtype)          # [V, H]
+        logits = ops.matmul(x, ops.transpose(table))                               # [B, P, V]
+        return logits + ops.cast(self.output_bias, self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            vocabulary_size=self.vocabulary_size,
+            hidden_dim=self.hidden_dim,
+            activation=self.activation,
+            initializer_range=self.initializer_range,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+        )
+        return config

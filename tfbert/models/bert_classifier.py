@@ -1,0 +1,33 @@
+import keras
+from keras import ops
+
+from tfbert import features
+from tfbert.models.bert_task import BertTask
+
+
+@keras.saving.register_keras_serializable(package="tfbert")
+class BertClassifier(BertTask):
+    """Sentence (or sentence-pair) classification on the pooled output.
+
+    Returns float32 logits [B, num_classes]; `num_classes=1` is regression (as STS-B),
+    the single output being the predicted value.
+    """
+
+    def __init__(self, encoder, num_classes, dropout=0.1, **kwargs):
+        dropout_layer = keras.layers.Dropout(dropout, name="classifier_dropout")
+        head = keras.layers.Dense(
+            num_classes,
+            kernel_initializer=keras.initializers.TruncatedNormal(
+                stddev=encoder.initializer_range
+            ),
+            dtype=encoder.dtype_policy,
+            name="classifier",
+        )
+        inputs = self.encoder_inputs()
+        pooled = encoder(inputs)[features.POOLED_OUTPUT]
+        logits = ops.cast(head(dropout_layer(pooled)), "float32")
+        super().__init__(
+            encoder, {"num_classes": num_classes, "dropout": dropout},
+            inputs=inputs, outputs=logits, **kwargs,
+        )
+        self.classifier = head

@@ -1,0 +1,139 @@
+"""Model directories ("presets"): config.json, vocab.txt, model.weights.h5 [, task.json].
+
+config.json holds bert_config.json's fields plus `lowercase`; task.json (fine-tuned and
+pretraining models only) holds {"task": name, "args": constructor arguments, ...}.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+from tfbert.config import SIZES, BertConfig, write_text_atomic
+from tfbert.models.bert_classifier import BertClassifier
+from tfbert.models.bert_encoder import BertEncoder
+from tfbert.models.bert_pretrainer import BertPretrainer
+from tfbert.models.bert_question_answerer import BertQuestionAnswerer
+from tfbert.models.bert_token_classifier import BertTokenClassifier
+
+CONFIG_FILE = "config.json"
+VOCAB_FILE = "vocab.txt"
+WEIGHTS_FILE = "model.weights.h5"
+TASK_FILE = "task.json"
+
+# The task models by the name task.json gives them.
+TASKS = {
+    "pretraining": BertPretrainer,
+    "classification": BertClassifier,
+    "token_classification": BertTokenClassifier,
+    "question_answering": BertQuestionAnswerer,
+}
+TASK_NAMES = {cls: name for name, cls in TASKS.items()}
+
+
+def _require(directory, filename):
+    path = os.path.join(directory, filename)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{directory}: not a tfbert model directory (no {filename})")
+    return path
+
+
+def load_config(directory):
+    return BertConfig.from_json_file(_require(directory, CONFIG_FILE))
+
+
+def load_vocabulary(directory):
+    with open(_require(directory, VOCAB_FILE), encoding="utf-8") as f:
+        return [line.rstrip("\n").rstrip("\r") for line in f]
+
+
+def load_task_info(directory):
+    path = os.path.join(directory, TASK_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        info = json.load(f)
+    if info.get("task") not in TASKS:
+        raise ValueError(
+            f"{path}: unknown task {info.get('task')!r}; valid: {', '.join(TASKS)}"
+        )
+    return info
+
+
+def build_encoder(config, dtype=None, **overrides):
+    kwargs = config.encoder_kwargs()
+    kwargs.update(overrides)
+    return BertEncoder(dtype=dtype, **kwargs)
+
+
+def load_encoder(preset, dtype=None, **overrides):
+    if preset in SIZES:
+        return build_encoder(BertConfig.from_size(preset), dtype=dtype, **overrides)
+    if not os.path.isdir(preset):
+        raise FileNotFoundError(
+            f"{preset!r} is neither a model directory nor a size ({', '.join(SIZES)})"
+        )
+    if load_task_info(preset) is not None:
+        return load_task_model(preset, dtype=dtype, **overrides).encoder
+    encoder = build_encoder(load_config(preset), dtype=dtype, **overrides)
+    encoder.load_weights(_require(preset, WEIGHTS_FILE))
+    return encoder
+
+
+def load_task_model(directory, dtype=None, **encoder_overrides):
+    info = load_task_info(directory)
+    if info is None:
+        raise FileNotFoundError(f"{directory}: no {TASK_FILE}; this is an encoder directory")
+    encoder = build_encoder(load_config(directory), dtype=dtype, **encoder_overrides)
+    model = TASKS[info["task"]](encoder, **info.get("args", {}))
+    model.load_weights(_require(directory, WEIGHTS_FILE))
+    return model
+
+
+def save_preset(model, directory, vocabulary, lowercase=True, **task_info):
+    """Writes a model directory atomically (a temporary sibling, then a rename).
+
+    `model` is a BertEncoder or a task model; `vocabulary` a list of tokens or the path of
+    a vocab.txt. An existing directory is replaced only once the new one is complete.
+    """
+    if isinstance(vocabulary, (str, os.PathLike)):
+        with open(vocabulary, encoding="utf-8") as f:
+            vocabulary = [line.rstrip("\n").rstrip("\r") for line in f]
+    encoder = model if isinstance(model, BertEncoder) else model.encoder
+    if len(vocabulary) != encoder.vocabulary_size:
+        raise ValueError(
+            f"vocabulary has {len(vocabulary)} tokens but the model's vocabulary_size is "
+            f"{encoder.vocabulary_size}"
+        )
+    directory = os.path.abspath(directory)
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(directory)}.tmp-")
+    try:
+        BertConfig.from_encoder(encoder, lowercase=lowercase).to_json_file(
+            os.path.join(tmp, CONFIG_FILE)
+        )
+        write_text_atomic(os.path.join(tmp, VOCAB_FILE), "".join(t + "\n" for t in vocabulary))
+        model.save_weights(os.path.join(tmp, WEIGHTS_FILE))
+        if not isinstance(model, BertEncoder):
+            info = {"task": TASK_NAMES[type(model)], "args": model.task_args, **task_info}
+            write_text_atomic(os.path.join(tmp, TASK_FILE), json.dumps(info, indent=2) + "\n")
+        _replace_directory(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replace_directory(new, target):
+    """Moves `new` to `target`; an old `target` is kept until the move has happened."""
+    if not os.path.exists(target):
+        os.rename(new, target)
+        return
+    old = f"{target}.old-{os.getpid()}"
+    os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
