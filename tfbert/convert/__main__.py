@@ -10,6 +10,7 @@ export a tfbert model directory to Hugging Face's format.
 
 import argparse
 import importlib
+import inspect
 import sys
 
 # Each source format: the module holding `convert(input, output)`.
@@ -37,7 +38,23 @@ def build_parser():
                            help="export a tfbert model directory to this format")
     parser.add_argument("--input", required=True, help="the checkpoint or model directory to read")
     parser.add_argument("--output", required=True, help="the directory to write (replaced atomically)")
+    parser.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=None,
+                        help="whether the vocabulary is uncased (default: read or inferred "
+                             "from the source)")
+    parser.add_argument("--init_missing", action="store_true",
+                        help="hf: initialise a missing pooler or NSP head randomly instead of "
+                             "failing (e.g. for BertForMaskedLM checkpoints)")
     return parser
+
+
+def _options(function, args):
+    """The optional flags given on the command line that `function` accepts."""
+    accepted = inspect.signature(function).parameters
+    given = {"lowercase": args.lowercase, "init_missing": args.init_missing or None}
+    unsupported = [f"--{k}" for k, v in given.items() if v is not None and k not in accepted]
+    if unsupported:
+        raise ValueError(f"{', '.join(unsupported)} does not apply to this conversion")
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def main(argv=None):
@@ -45,11 +62,11 @@ def main(argv=None):
     try:
         if args.source:
             module = importlib.import_module(IMPORTERS[args.source])
-            module.convert(args.input, args.output)
+            module.convert(args.input, args.output, **_options(module.convert, args))
             print(f"wrote tfbert model directory {args.output} (from {args.source}: {args.input})")
         else:
             module = importlib.import_module(EXPORTERS[args.target])
-            module.export(args.input, args.output)
+            module.export(args.input, args.output, **_options(module.export, args))
             print(f"wrote {args.target} model {args.output} (from {args.input})")
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -33,6 +33,11 @@ def merge_heads_in(x):
     return x.reshape(-1, x.shape[-1])
 
 
+def concat_flat_heads(*xs):
+    """Fuses per-head q, k, v kernels [H, N, D] (or biases [N, D]) into [H, 3*N*D] ([3*N*D])."""
+    return np.concatenate([flatten_heads(x) for x in xs], axis=-1)
+
+
 class ConversionError(ValueError):
     pass
 

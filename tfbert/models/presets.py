@@ -6,10 +6,9 @@ pretraining models only) holds {"task": name, "args": constructor arguments, ...
 
 import json
 import os
-import shutil
-import tempfile
 
-from tfbert.config import SIZES, BertConfig, write_text_atomic
+from tfbert.config import SIZES, BertConfig
+from tfbert.fileio import atomic_directory, make_readable, write_text_atomic
 from tfbert.models.bert_classifier import BertClassifier
 from tfbert.models.bert_encoder import BertEncoder
 from tfbert.models.bert_pretrainer import BertPretrainer
@@ -96,6 +95,15 @@ def save_preset(model, directory, vocabulary, lowercase=True, **task_info):
     `model` is a BertEncoder or a task model; `vocabulary` a list of tokens or the path of
     a vocab.txt. An existing directory is replaced only once the new one is complete.
     """
+    with atomic_directory(directory) as tmp:
+        write_preset_files(model, tmp, vocabulary, lowercase=lowercase, **task_info)
+
+
+def write_preset_files(model, directory, vocabulary, lowercase=True, **task_info):
+    """Writes the model directory's files into `directory`, each one atomically.
+
+    Other files there (a trainer's checkpoints/ and logs/) are left alone.
+    """
     if isinstance(vocabulary, (str, os.PathLike)):
         with open(vocabulary, encoding="utf-8") as f:
             vocabulary = [line.rstrip("\n").rstrip("\r") for line in f]
@@ -105,35 +113,16 @@ def save_preset(model, directory, vocabulary, lowercase=True, **task_info):
             f"vocabulary has {len(vocabulary)} tokens but the model's vocabulary_size is "
             f"{encoder.vocabulary_size}"
         )
-    directory = os.path.abspath(directory)
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(directory)}.tmp-")
-    try:
-        BertConfig.from_encoder(encoder, lowercase=lowercase).to_json_file(
-            os.path.join(tmp, CONFIG_FILE)
-        )
-        write_text_atomic(os.path.join(tmp, VOCAB_FILE), "".join(t + "\n" for t in vocabulary))
-        model.save_weights(os.path.join(tmp, WEIGHTS_FILE))
-        if not isinstance(model, BertEncoder):
-            info = {"task": TASK_NAMES[type(model)], "args": model.task_args, **task_info}
-            write_text_atomic(os.path.join(tmp, TASK_FILE), json.dumps(info, indent=2) + "\n")
-        _replace_directory(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _replace_directory(new, target):
-    """Moves `new` to `target`; an old `target` is kept until the move has happened."""
-    if not os.path.exists(target):
-        os.rename(new, target)
-        return
-    old = f"{target}.old-{os.getpid()}"
-    os.rename(target, old)
-    try:
-        os.rename(new, target)
-    except BaseException:
-        os.rename(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    os.makedirs(directory, exist_ok=True)
+    BertConfig.from_encoder(encoder, lowercase=lowercase).to_json_file(
+        os.path.join(directory, CONFIG_FILE)
+    )
+    write_text_atomic(os.path.join(directory, VOCAB_FILE), "".join(t + "\n" for t in vocabulary))
+    weights = os.path.join(directory, WEIGHTS_FILE)
+    tmp_weights = os.path.join(directory, f".tmp-{os.getpid()}-{WEIGHTS_FILE}")
+    model.save_weights(tmp_weights)
+    make_readable(tmp_weights)
+    os.replace(tmp_weights, weights)
+    if not isinstance(model, BertEncoder):
+        info = {"task": TASK_NAMES[type(model)], "args": model.task_args, **task_info}
+        write_text_atomic(os.path.join(directory, TASK_FILE), json.dumps(info, indent=2) + "\n")

@@ -1,0 +1,232 @@
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import helpers
+import tfbert
+from tfbert import features
+
+TINY = dict(
+    vocabulary_size=97,
+    num_layers=2,
+    num_heads=2,
+    hidden_dim=16,
+    intermediate_dim=32,
+    max_sequence_length=24,
+)
+
+
+def tiny_encoder(**kwargs):
+    return tfbert.BertEncoder(**{**TINY, **kwargs})
+
+
+def inputs(batch=3, seq=12, pad_from=7):
+    return helpers.random_inputs(batch, seq, vocab_size=TINY["vocabulary_size"], pad_from=pad_from)
+
+
+def with_positions(x):
+    return {**x, features.MASKED_LM_POSITIONS: np.array([[1, 2, 5]] * len(x["input_mask"]), "int32")}
+
+
+def build_all(encoder):
+    return {
+        "encoder": (encoder, lambda x: x),
+        "pretrainer": (tfbert.BertPretrainer(encoder), with_positions),
+        "classifier": (tfbert.BertClassifier(encoder, num_classes=3), lambda x: x),
+        "regressor": (tfbert.BertClassifier(encoder, num_classes=1), lambda x: x),
+        "token_classifier": (tfbert.BertTokenClassifier(encoder, num_classes=5), lambda x: x),
+        "question_answerer": (tfbert.BertQuestionAnswerer(encoder), lambda x: x),
+    }
+
+
+def test_encoder_outputs_follow_tf_hub_names_and_shapes():
+    out = tiny_encoder()(inputs())
+    assert set(out) == {"sequence_output", "pooled_output", "encoder_outputs"}
+    assert out["sequence_output"].shape == (3, 12, 16)
+    assert out["pooled_output"].shape == (3, 16)
+    assert len(out["encoder_outputs"]) == 2
+    np.testing.assert_array_equal(out["encoder_outputs"][-1], out["sequence_output"])
+    # The pooler is tanh(dense(first token)).
+    assert np.all(np.abs(out["pooled_output"]) <= 1.0)
+
+
+def test_task_model_output_shapes():
+    models = build_all(tiny_encoder())
+    x = inputs()
+    out = {name: model(prep(x)) for name, (model, prep) in models.items()}
+    assert out["pretrainer"]["mlm_logits"].shape == (3, 3, 97)
+    assert out["pretrainer"]["nsp_logits"].shape == (3, 2)
+    assert out["classifier"].shape == (3, 3)
+    assert out["regressor"].shape == (3, 1)
+    assert out["token_classifier"].shape == (3, 12, 5)
+    assert out["question_answerer"]["start_logits"].shape == (3, 12)
+    # QA never points into padding: padded logits sit far below every real one.
+    start = np.asarray(out["question_answerer"]["start_logits"])
+    assert start[1:, 7:].max() < start[1:, :7].min() - 1000
+
+
+def test_padding_does_not_change_real_token_outputs():
+    encoder = tiny_encoder()
+    x = inputs(batch=2, seq=8, pad_from=None)
+    x["input_mask"][1, 5:] = 0
+    padded = {k: np.pad(v, ((0, 0), (0, 4))) for k, v in x.items()}
+    a = encoder(x)["sequence_output"].numpy()
+    b = encoder(padded)["sequence_output"].numpy()
+    np.testing.assert_allclose(a[0], b[0, :8], atol=1e-5)
+    np.testing.assert_allclose(a[1, :5], b[1, :5], atol=1e-5)
+
+
+def test_any_sequence_length_up_to_max_positions():
+    encoder = tiny_encoder()
+    for seq in (2, 5, 24):
+        assert encoder(inputs(batch=2, seq=seq, pad_from=None))["sequence_output"].shape == (2, seq, 16)
+    with pytest.raises(Exception):
+        encoder(inputs(batch=2, seq=25, pad_from=None))
+
+
+def test_mlm_decoder_is_tied_to_word_embeddings():
+    encoder = tiny_encoder()
+    pretrainer = tfbert.BertPretrainer(encoder)
+    x = with_positions(inputs())
+    before = pretrainer(x)["mlm_logits"].numpy()
+    table = encoder.word_embeddings.embeddings
+    table.assign(table.numpy() * 2.0)
+    after = pretrainer(x)["mlm_logits"].numpy()
+    assert np.abs(after - before).max() > 1e-3
+    # No separate decoder matrix: the only [V, H] weight is the embedding table.
+    vh = [w.path for w in pretrainer.weights if tuple(w.shape) == (97, 16)]
+    assert vh == ["embeddings/word_embeddings/embeddings"]
+
+
+def test_mlm_head_only_reads_masked_positions():
+    encoder = tiny_encoder()
+    pretrainer = tfbert.BertPretrainer(encoder)
+    x = with_positions(inputs(pad_from=None))
+    a = pretrainer(x)["mlm_logits"].numpy()
+    y = {**x, features.MASKED_LM_POSITIONS: x[features.MASKED_LM_POSITIONS][:, ::-1].copy()}
+    b = pretrainer(y)["mlm_logits"].numpy()
+    np.testing.assert_allclose(a[:, ::-1], b, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["encoder", "pretrainer", "classifier", "token_classifier", "question_answerer"])
+def test_keras_save_and_load_gives_identical_outputs(tmp_path, name):
+    model, prep = build_all(tiny_encoder())[name]
+    x = prep(inputs())
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded) is type(model)
+    assert helpers.max_abs_diff(model(x), loaded(x)) == 0.0
+    assert loaded.get_config() == model.get_config()
+
+
+def test_get_config_round_trip_rebuilds_same_architecture():
+    model = tfbert.BertClassifier(tiny_encoder(activation="gelu_new", dropout=0.2), num_classes=4)
+    clone = tfbert.BertClassifier.from_config(model.get_config())
+    assert clone.encoder.activation == "gelu_new"
+    assert clone.encoder.dropout == 0.2
+    assert clone.num_classes == 4
+    assert [w.shape for w in clone.weights] == [w.shape for w in model.weights]
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_keeps_layer_norm_and_softmax_in_float32(policy):
+    encoder = tiny_encoder(dtype=policy)
+    pretrainer = tfbert.BertPretrainer(encoder)
+    x = with_positions(inputs())
+    out = pretrainer(x)
+    half = "bfloat16" if policy == "mixed_bfloat16" else "float16"
+    assert out["sequence_output"].dtype == half
+    assert out["mlm_logits"].dtype == "float32"
+    assert out["nsp_logits"].dtype == "float32"
+    # Weights stay float32; layer norms compute in float32.
+    assert all(w.dtype == "float32" for w in pretrainer.weights)
+    norms = [l for l in encoder._flatten_layers() if isinstance(l, keras.layers.LayerNormalization)]
+    assert norms and all(l.compute_dtype == "float32" for l in norms)
+    # Half precision stays close to float32 with the same weights.
+    full = tfbert.BertPretrainer(tiny_encoder())
+    full.set_weights(pretrainer.get_weights())
+    ref = full(x)
+    np.testing.assert_allclose(
+        np.asarray(out["mlm_logits"]), np.asarray(ref["mlm_logits"]), atol=0.1
+    )
+
+
+def test_activation_forms_differ_and_unknown_is_rejected():
+    x = inputs()
+    exact = tiny_encoder(activation="gelu")
+    approx = tiny_encoder(activation="gelu_new")
+    approx.set_weights(exact.get_weights())
+    diff = helpers.max_abs_diff(exact(x)["sequence_output"], approx(x)["sequence_output"])
+    assert 0 < diff < 0.05
+    with pytest.raises(ValueError, match="unknown activation 'swishy'"):
+        tiny_encoder(activation="swishy")
+
+
+def test_fit_memorises_a_fixed_batch():
+    encoder = tiny_encoder(dropout=0.0, attention_dropout=0.0)
+    model = tfbert.BertClassifier(encoder, num_classes=2, dropout=0.0)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(3e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    x = inputs(batch=8, seq=10, pad_from=6)
+    y = np.array([0, 1] * 4)
+    first = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, epochs=40, verbose=0)
+    assert model.evaluate(x, y, verbose=0) < first * 0.3
+
+
+def test_preset_round_trip_for_encoder_and_task(tmp_path):
+    vocab = [f"tok{i}" for i in range(97)]
+    encoder = tiny_encoder()
+    encoder.save_to_preset(str(tmp_path / "enc"), vocabulary=vocab, lowercase=False)
+    assert sorted(os.listdir(tmp_path / "enc")) == ["config.json", "model.weights.h5", "vocab.txt"]
+    config = json.loads((tmp_path / "enc" / "config.json").read_text())
+    assert config["hidden_size"] == 16 and config["lowercase"] is False
+    loaded = tfbert.BertEncoder.from_preset(str(tmp_path / "enc"))
+    x = inputs()
+    assert helpers.max_abs_diff(encoder(x), loaded(x)) == 0.0
+
+    clf = tfbert.BertClassifier(encoder, num_classes=3)
+    clf.save_to_preset(str(tmp_path / "clf"), vocabulary=vocab, label_names=["a", "b", "c"], seq_length=12)
+    task = json.loads((tmp_path / "clf" / "task.json").read_text())
+    assert task == {"task": "classification", "args": {"num_classes": 3, "dropout": 0.1},
+                    "label_names": ["a", "b", "c"], "seq_length": 12}
+    clf2 = tfbert.BertClassifier.from_preset(str(tmp_path / "clf"))
+    assert helpers.max_abs_diff(clf(x), clf2(x)) == 0.0
+    # The encoder of a fine-tuned directory loads on its own too.
+    enc2 = tfbert.BertEncoder.from_preset(str(tmp_path / "clf"))
+    assert helpers.max_abs_diff(encoder(x), enc2(x)) == 0.0
+    with pytest.raises(ValueError, match="not a BertQuestionAnswerer"):
+        tfbert.BertQuestionAnswerer.from_preset(str(tmp_path / "clf"))
+
+
+def test_preset_write_is_atomic_and_keeps_the_old_directory_on_failure(tmp_path):
+    vocab = [f"tok{i}" for i in range(97)]
+    target = tmp_path / "model"
+    encoder = tiny_encoder()
+    encoder.save_to_preset(str(target), vocabulary=vocab)
+    before = (target / "model.weights.h5").read_bytes()
+    with pytest.raises(ValueError, match="vocabulary has 3 tokens"):
+        tiny_encoder().save_to_preset(str(target), vocabulary=["a", "b", "c"])
+    assert (target / "model.weights.h5").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["model"]  # no temporary left behind
+
+
+def test_from_preset_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither a model directory nor a size"):
+        tfbert.BertEncoder.from_preset("huge")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        tfbert.BertEncoder.from_preset(str(tmp_path))
+
+
+@pytest.mark.parametrize("size,layers,hidden", [("tiny", 2, 128), ("mini", 4, 256), ("small", 4, 512)])
+def test_size_presets_match_google_small_berts(size, layers, hidden):
+    encoder = tfbert.BertEncoder.from_preset(size)
+    assert (encoder.num_layers, encoder.hidden_dim, encoder.num_heads) == (layers, hidden, hidden // 64)
+    assert encoder.vocabulary_size == 30522
+    assert encoder.intermediate_dim == 4 * hidden

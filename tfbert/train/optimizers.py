@@ -1,0 +1,83 @@
+"""Learning-rate schedules and optimizers (Keras 3 AdamW and LAMB)."""
+
+import keras
+from keras import ops
+
+OPTIMIZERS = ("adamw", "lamb")
+DECAYS = ("linear", "polynomial", "constant")
+# BERT does not decay LayerNorm parameters or biases (Google's optimization.py).
+NO_DECAY = ["layer_norm", "bias"]
+
+
+@keras.saving.register_keras_serializable(package="tfbert")
+class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup to `learning_rate`, then polynomial (power 1: linear) decay.
+
+    The decay runs from the end of warmup to `decay_steps`, reaching `end_learning_rate`.
+    """
+
+    def __init__(self, learning_rate, decay_steps, warmup_steps=0, end_learning_rate=0.0,
+                 power=1.0, decay="linear"):
+        if decay not in DECAYS:
+            raise ValueError(f"unknown decay {decay!r}; valid: {', '.join(DECAYS)}")
+        self.learning_rate = learning_rate
+        self.decay_steps = decay_steps
+        self.warmup_steps = warmup_steps
+        self.end_learning_rate = end_learning_rate
+        self.power = power
+        self.decay = decay
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        peak = ops.cast(self.learning_rate, "float32")
+        warmup = ops.cast(max(self.warmup_steps, 0), "float32")
+        if self.decay == "constant":
+            decayed = peak
+        else:
+            power = 1.0 if self.decay == "linear" else self.power
+            span = max(self.decay_steps - self.warmup_steps, 1)
+            frac = ops.clip((step - warmup) / float(span), 0.0, 1.0)
+            decayed = (peak - self.end_learning_rate) * (1.0 - frac) ** power + self.end_learning_rate
+        if self.warmup_steps > 0:
+            warm = peak * (step + 1.0) / warmup
+            return ops.where(step < warmup, warm, decayed)
+        return decayed
+
+    def get_config(self):
+        return dict(learning_rate=self.learning_rate, decay_steps=self.decay_steps,
+                    warmup_steps=self.warmup_steps, end_learning_rate=self.end_learning_rate,
+                    power=self.power, decay=self.decay)
+
+
+def make_optimizer(trainer, mixed_float16=False, clip_in_optimizer=True):
+    """The optimizer for a TrainerSection: schedule, weight decay, clipping, accumulation.
+
+    Keras clips each replica's gradients before they are summed, so under tf.distribute
+    the trainer clips the summed gradients itself and passes clip_in_optimizer=False.
+    """
+    if trainer.optimizer not in OPTIMIZERS:
+        raise ValueError(
+            f"unknown optimizer {trainer.optimizer!r}; valid: {', '.join(OPTIMIZERS)}"
+        )
+    schedule = WarmupDecay(
+        trainer.learning_rate,
+        decay_steps=trainer.train_steps,
+        warmup_steps=trainer.warmup_steps,
+        end_learning_rate=trainer.end_learning_rate,
+        power=trainer.decay_power,
+        decay=trainer.decay,
+    )
+    common = dict(
+        learning_rate=schedule,
+        weight_decay=trainer.weight_decay,
+        global_clipnorm=(trainer.clip_norm or None) if clip_in_optimizer else None,
+        epsilon=1e-6,
+    )
+    if trainer.gradient_accumulation_steps > 1:
+        common["gradient_accumulation_steps"] = trainer.gradient_accumulation_steps
+    cls = keras.optimizers.AdamW if trainer.optimizer == "adamw" else keras.optimizers.Lamb
+    optimizer = cls(**common)
+    optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
+    if mixed_float16:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer

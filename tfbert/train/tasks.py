@@ -1,0 +1,133 @@
+"""What the trainer trains: each task builds its model and datasets and computes its loss.
+
+A task's `denominators(labels)` gives per-replica counts (e.g. real masked tokens,
+examples) that the trainer sums over replicas before the step, outside any XLA cluster.
+`step(model, inputs, labels, denominators, training)` then returns (loss, sums) for one
+replica's batch: `loss` is this replica's share of the global loss (its gradients summed
+over replicas give the gradient of the global mean), and `sums` are additive statistics
+(loss sums, correct counts, example counts) that the trainer adds up over replicas and
+steps to report metrics.
+"""
+
+import os
+
+import tensorflow as tf
+
+from tfbert import features
+from tfbert.models import presets
+
+
+def sparse_ce(labels, logits):
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32)
+    )
+
+
+def correct(labels, logits):
+    predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    return tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32)
+
+
+class PretrainingTask:
+    """Masked LM + next sentence prediction from google-research/bert TFRecords."""
+
+    name = "pretraining"
+    metric_names = ("mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy")
+
+    def __init__(self, config):
+        self.config = config
+
+    def build_model(self):
+        from tfbert.models.bert_pretrainer import BertPretrainer
+
+        model_config = self.config.model
+        preset = model_config.preset
+        if os.path.isdir(preset) and presets.load_task_info(preset) is not None:
+            info = presets.load_task_info(preset)
+            if info["task"] == "pretraining":
+                return presets.load_task_model(
+                    preset, dtype=model_config.dtype, **model_config.encoder_overrides
+                )
+        encoder = presets.load_encoder(
+            preset, dtype=model_config.dtype, **model_config.encoder_overrides
+        )
+        return BertPretrainer(encoder)
+
+    def dataset(self, input_context, training):
+        from tfbert.data.records import pretraining_dataset
+
+        data = self.config.data
+        files = data.train_files if training else data.eval_files
+        return pretraining_dataset(
+            files.split(","),
+            global_batch_size=self.config.trainer.global_batch_size,
+            max_seq_length=data.max_seq_length,
+            max_predictions_per_seq=data.max_predictions_per_seq,
+            input_context=input_context,
+            is_training=training,
+            shuffle_buffer=data.shuffle_buffer,
+            seed=data.seed,
+            deterministic=data.deterministic,
+        )
+
+    @staticmethod
+    def denominators(labels):
+        return {
+            "mlm_weight": tf.reduce_sum(
+                tf.cast(labels[features.RECORD_MASKED_LM_WEIGHTS], tf.float32)),
+            "examples": tf.cast(tf.shape(labels[features.RECORD_MASKED_LM_IDS])[0], tf.float32),
+        }
+
+    def step(self, model, inputs, labels, denominators, training):
+        outputs = model(inputs, training=training)
+        # Google's MLM loss: mean cross-entropy over real (weight 1) predictions of the
+        # whole global batch; `denominators` are already summed over replicas.
+        weights = tf.cast(labels[features.RECORD_MASKED_LM_WEIGHTS], tf.float32)
+        mlm_ids = labels[features.RECORD_MASKED_LM_IDS]
+        mlm_logits = outputs[features.MLM_LOGITS]
+        mlm_ce = sparse_ce(mlm_ids, mlm_logits)
+        mlm_loss_sum = tf.reduce_sum(mlm_ce * weights)
+        mlm_weight = tf.reduce_sum(weights)
+        # Google's records store the label as a [1] feature: [B, 1] here.
+        nsp_labels = tf.reshape(labels[features.RECORD_NEXT_SENTENCE_LABELS], [-1])
+        nsp_logits = outputs[features.NSP_LOGITS]
+        nsp_ce = sparse_ce(nsp_labels, nsp_logits)
+        nsp_loss_sum = tf.reduce_sum(nsp_ce)
+        loss = (mlm_loss_sum / tf.maximum(denominators["mlm_weight"], 1.0)
+                + nsp_loss_sum / denominators["examples"])
+        sums = {
+            "mlm_loss_sum": mlm_loss_sum,
+            "mlm_weight": mlm_weight,
+            "mlm_correct": tf.reduce_sum(correct(mlm_ids, mlm_logits) * weights),
+            "nsp_loss_sum": nsp_loss_sum,
+            "nsp_correct": tf.reduce_sum(correct(nsp_labels, nsp_logits)),
+            "nsp_count": tf.cast(tf.shape(nsp_labels)[0], tf.float32),
+        }
+        return loss, sums
+
+    @staticmethod
+    def metrics(sums):
+        mlm_weight = max(sums["mlm_weight"], 1.0)
+        nsp_count = max(sums["nsp_count"], 1.0)
+        return {
+            "mlm_loss": sums["mlm_loss_sum"] / mlm_weight,
+            "mlm_accuracy": sums["mlm_correct"] / mlm_weight,
+            "nsp_loss": sums["nsp_loss_sum"] / nsp_count,
+            "nsp_accuracy": sums["nsp_correct"] / nsp_count,
+        }
+
+    @staticmethod
+    def loss_of(metrics):
+        return metrics["mlm_loss"] + metrics["nsp_loss"]
+
+
+# The trainer's tasks by name (the `task:` key of a recipe).
+TASKS = {
+    "pretraining": PretrainingTask,
+}
+
+
+def get_task(config):
+    if config.task not in TASKS:
+        raise ValueError(f"unknown task {config.task!r}; valid: {', '.join(TASKS)}")
+    return TASKS[config.task](config)

@@ -1,0 +1,312 @@
+"""The distributed training loop: `strategy.run` over a `tf.function` step.
+
+Keras 3 `model.fit` fails under MultiWorkerMirroredStrategy (keras-team/keras#20585), so
+the trainer drives a Keras 3 model and optimizer itself. One call of the compiled loop runs
+`steps_per_loop` steps on device, which keeps TPUs busy and host round trips rare.
+"""
+
+import math
+import os
+import shutil
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfbert.models import presets
+from tfbert.train.optimizers import make_optimizer
+from tfbert.train.strategies import is_chief
+from tfbert.train.tasks import get_task
+
+CHECKPOINT_DIR = "checkpoints"
+LOG_DIR = "logs"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint was left untouched."""
+
+
+def _seed_states(model):
+    """Dropout RNG states: checkpointed so a resumed run draws the same masks."""
+    return [
+        layer.seed_generator.state
+        for layer in model._flatten_layers()
+        if getattr(layer, "seed_generator", None) is not None
+    ]
+
+
+def _format_duration(seconds):
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+class Trainer:
+    """Trains `config.task` under `strategy`, checkpointing into `model_dir`.
+
+    model_dir receives checkpoints/ (tf.train.CheckpointManager), logs/ (TensorBoard) and,
+    at the end, the model directory files (config.json, vocab.txt, model.weights.h5,
+    task.json).
+    """
+
+    def __init__(self, config, strategy, model_dir, out=None):
+        self.config = config
+        self.strategy = strategy
+        self.model_dir = model_dir
+        self.out = out  # None: sys.stdout at the time of printing
+        self.task = get_task(config)
+        self.chief = is_chief(strategy)
+        trainer = config.trainer
+        if trainer.global_batch_size % strategy.num_replicas_in_sync:
+            raise ValueError(
+                f"trainer.global_batch_size {trainer.global_batch_size} is not divisible by "
+                f"the {strategy.num_replicas_in_sync} replicas"
+            )
+        # Same seed, same initial weights and dropout masks: runs are reproducible and
+        # comparable across strategies.
+        keras.utils.set_random_seed(trainer.seed)
+        with strategy.scope():
+            self.model = self.task.build_model()
+            fp16 = config.model.dtype == "mixed_float16"
+            # With fp16 loss scaling, Keras unscales before it clips, so it clips there.
+            self._clip_norm = 0.0 if fp16 else trainer.clip_norm
+            self.optimizer = make_optimizer(trainer, mixed_float16=fp16, clip_in_optimizer=fp16)
+            self.optimizer.build(self.model.trainable_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, step=self.step,
+            seeds=_seed_states(self.model),
+        )
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint,
+            directory=self._checkpoint_dir(),
+            max_to_keep=trainer.max_checkpoints,
+            step_counter=self.step,
+        )
+        self._train_loop = None
+        self._eval_loop = None
+
+    # === Checkpoints ===
+
+    def _checkpoint_dir(self):
+        if self.chief:
+            return os.path.join(self.model_dir, CHECKPOINT_DIR)
+        # Every worker must take part in a multi-worker save; only the chief's copy is kept.
+        task_id = self.strategy.cluster_resolver.task_id
+        return os.path.join(self.model_dir, f".worker-{task_id}-checkpoints")
+
+    def restore(self):
+        """Restores the latest checkpoint; returns the step it holds (0 when none)."""
+        latest = tf.train.latest_checkpoint(os.path.join(self.model_dir, CHECKPOINT_DIR))
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            self._log(f"resumed from {latest} at step {int(self.step.numpy())}")
+        return int(self.step.numpy())
+
+    def save(self):
+        path = self.manager.save(checkpoint_number=self.step)
+        if not self.chief:
+            shutil.rmtree(self._checkpoint_dir(), ignore_errors=True)
+        return path
+
+    # === Data ===
+
+    def _distributed_dataset(self, training, skip_steps=0):
+        def make(input_context):
+            ds = self.task.dataset(input_context, training)
+            if skip_steps:
+                # Each step takes one batch per replica of this pipeline; skipping what the
+                # interrupted run consumed resumes the same example order.
+                per_pipeline = (input_context.num_replicas_in_sync
+                                // input_context.num_input_pipelines)
+                ds = ds.skip(skip_steps * per_pipeline)
+            return ds
+
+        return self.strategy.distribute_datasets_from_function(make)
+
+    # === Compiled steps ===
+
+    def _global_denominators(self, labels):
+        """The task's loss denominators summed over all replicas."""
+        local = self.task.denominators(labels)
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None or ctx.num_replicas_in_sync == 1:
+            return local
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, local)
+
+    def _replica_grads(self, inputs, labels, denominators):
+        with tf.GradientTape() as tape:
+            loss, sums = self.task.step(self.model, inputs, labels, denominators, training=True)
+            scaled = loss
+            if hasattr(self.optimizer, "scale_loss"):
+                scaled = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, self.model.trainable_variables)
+        # Embedding gradients come as IndexedSlices; Keras' optimizers sum them wrongly
+        # across replicas (mirrored runs drift from one-device ones by 1e-3), and TPUs want
+        # dense tensors anyway.
+        grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+        return grads, sums
+
+    def _clip_global(self, grads):
+        """Clips by the norm of the gradient summed over all replicas, as one device would.
+
+        The optimizer sums gradients over replicas again, so each replica hands it 1/N of
+        the clipped sum. This costs a second all-reduce when there are several replicas.
+        """
+        ctx = tf.distribute.get_replica_context()
+        replicas = ctx.num_replicas_in_sync if ctx is not None else 1
+        if replicas > 1:
+            grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        grads, _ = tf.clip_by_global_norm(grads, self._clip_norm)
+        if replicas > 1:
+            grads = [g / replicas for g in grads]
+        return grads
+
+    def _build_train_loop(self):
+        variables = self.model.trainable_variables
+        compute = self._replica_grads
+        if self.config.trainer.jit_compile:
+            # XLA compiles forward and backward; the optimizer update stays outside because
+            # its cross-replica merge cannot live inside an XLA cluster.
+            compute = tf.function(self._replica_grads, jit_compile=True)
+
+        def replica_step(inputs, labels):
+            grads, sums = compute(inputs, labels, self._global_denominators(labels))
+            if self._clip_norm:
+                grads = self._clip_global(grads)
+            self.optimizer.apply_gradients(zip(grads, variables))
+            return sums
+
+        def one_step(iterator):
+            sums = self._reduce(self.strategy.run(replica_step, args=next(iterator)))
+            self.step.assign_add(1)
+            return sums
+
+        return self._looped(one_step)
+
+    def _reduce(self, per_replica):
+        return {k: self.strategy.reduce("SUM", v, axis=None) for k, v in per_replica.items()}
+
+    @staticmethod
+    def _looped(one_step):
+        """A tf.function running `one_step(iterator)` `steps` times, adding up its sums."""
+
+        @tf.function
+        def loop(iterator, steps):
+            # The first step runs outside the loop so the accumulators get their structure.
+            totals = one_step(iterator)
+            for _ in tf.range(steps - 1):
+                sums = one_step(iterator)
+                totals = {k: totals[k] + sums[k] for k in totals}
+            return totals
+
+        return loop
+
+    def _build_eval_loop(self):
+        def replica_step(inputs, labels):
+            denominators = self._global_denominators(labels)
+            return self.task.step(self.model, inputs, labels, denominators, training=False)[1]
+
+        return self._looped(
+            lambda iterator: self._reduce(self.strategy.run(replica_step, args=next(iterator)))
+        )
+
+    # === Loops ===
+
+    def _log(self, message):
+        if self.chief:
+            print(message, file=self.out or sys.stdout, flush=True)
+
+    def _writer(self, name):
+        if not self.chief:
+            return tf.summary.create_noop_writer()
+        return tf.summary.create_file_writer(os.path.join(self.model_dir, LOG_DIR, name))
+
+    def train(self):
+        """Runs to trainer.train_steps from the latest checkpoint; returns final metrics."""
+        trainer = self.config.trainer
+        start_step = self.restore()
+        total = trainer.train_steps
+        if start_step >= total:
+            self._log(f"already at step {start_step} of {total}; nothing to train")
+        if self._train_loop is None:
+            self._train_loop = self._build_train_loop()
+        iterator = iter(self._distributed_dataset(training=True, skip_steps=start_step))
+        writer = self._writer("train")
+        step = start_step
+        last_saved = start_step
+        metrics = {}
+        started = time.time()
+        while step < total:
+            steps = min(trainer.steps_per_loop, total - step)
+            if trainer.checkpoint_interval:
+                # End a loop on every checkpoint boundary so saves land on exact steps.
+                to_boundary = trainer.checkpoint_interval - step % trainer.checkpoint_interval
+                steps = min(steps, to_boundary)
+            sums = self._train_loop(iterator, tf.constant(steps))
+            sums = {k: float(v.numpy()) for k, v in sums.items()}
+            metrics = self.task.metrics(sums)
+            if not all(math.isfinite(v) for v in metrics.values()):
+                raise TrainingDiverged(
+                    f"loss is not finite at step {step + steps} "
+                    f"({', '.join(f'{k}={v}' for k, v in metrics.items())}); the last good "
+                    f"checkpoint is {tf.train.latest_checkpoint(self._checkpoint_dir())}"
+                )
+            step += steps
+            lr = float(self.optimizer.learning_rate.numpy()) if hasattr(
+                self.optimizer.learning_rate, "numpy") else float(trainer.learning_rate)
+            with writer.as_default(step=step):
+                for k, v in metrics.items():
+                    tf.summary.scalar(k, v)
+                tf.summary.scalar("learning_rate", lr)
+            elapsed = time.time() - started
+            rate = (step - start_step) / max(elapsed, 1e-9)
+            self._log(
+                f"step {step}/{total} | "
+                + " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+                + f" | {rate:.2f} steps/s {rate * trainer.global_batch_size:.1f} examples/s"
+                + f" | ETA {_format_duration((total - step) / rate if rate else float('inf'))}"
+            )
+            if trainer.checkpoint_interval and step % trainer.checkpoint_interval == 0:
+                self.save()
+                last_saved = step
+            if (trainer.eval_interval and step % trainer.eval_interval == 0 and step < total
+                    and self.config.data.eval_files):
+                self.evaluate(step)
+        if step != last_saved:
+            self.save()
+        writer.flush()
+        return metrics
+
+    def evaluate(self, step=None):
+        """Metrics over trainer.eval_steps batches of data.eval_files."""
+        if not self.config.data.eval_files:
+            raise ValueError("data.eval_files is empty; nothing to evaluate")
+        if self._eval_loop is None:
+            self._eval_loop = self._build_eval_loop()
+        iterator = iter(self._distributed_dataset(training=False))
+        sums = self._eval_loop(iterator, tf.constant(self.config.trainer.eval_steps))
+        metrics = self.task.metrics({k: float(v.numpy()) for k, v in sums.items()})
+        step = int(self.step.numpy()) if step is None else step
+        with self._writer("eval").as_default(step=step):
+            for k, v in metrics.items():
+                tf.summary.scalar(k, v)
+        self._log(f"eval at step {step} | " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        return metrics
+
+    def export_model_directory(self, vocabulary, lowercase):
+        """Writes config.json, vocab.txt, model.weights.h5 and task.json into model_dir."""
+        if self.chief:
+            presets.write_preset_files(
+                self.model, self.model_dir, vocabulary=vocabulary, lowercase=lowercase
+            )
+
+    def weights(self):
+        return [np.asarray(v) for v in self.model.weights]
