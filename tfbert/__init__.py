@@ -17,6 +17,7 @@ from tfbert.models import (  # noqa: E402
     BertQuestionAnswerer,
     BertTokenClassifier,
 )
+from tfbert.text import BertPreprocessor  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -27,4 +28,5 @@ __all__ = [
     "BertClassifier",
     "BertTokenClassifier",
     "BertQuestionAnswerer",
+    "BertPreprocessor",
 ]

@@ -242,6 +242,24 @@ class DataSection:
     shuffle_buffer: int = 10000
     seed: int = 12345
     deterministic: bool = False
+    # --- fine-tuning data ---
+    # tfrecord (pretraining), csv, tsv, jsonl, conll, squad, or tfds.
+    format: str = "tfrecord"
+    tfds_name: str = ""        # e.g. glue/sst2, imdb_reviews, conll2003, squad/v1.1
+    tfds_data_dir: str = ""
+    train_split: str = "train"
+    eval_split: str = "validation"
+    text_column: str = "text"
+    text_b_column: str = ""    # set for sentence-pair tasks
+    label_column: str = "label"
+    label_names: tuple = ()    # empty: read from the data (sorted)
+    # --- question answering ---
+    doc_stride: int = 128
+    max_query_length: int = 64
+    max_answer_length: int = 30
+    n_best_size: int = 20
+    version_2_with_negative: bool = False
+    null_score_diff_threshold: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,6 +274,8 @@ class TrainerSection:
     end_learning_rate: float = 0.0
     decay_power: float = 1.0
     clip_norm: float = 1.0             # global-norm clipping; 0 turns it off
+    # k > 1 applies the mean gradient of k batches at once (effective batch
+    # k * global_batch_size); train_steps and the schedule still count batches.
     gradient_accumulation_steps: int = 1
     steps_per_loop: int = 10
     checkpoint_interval: int = 100

@@ -45,7 +45,6 @@ def main(argv=None):
 
     import tfbert
     from tfbert.convert import hf
-    from tfbert.text import BertPreprocessor
 
     start = time.time()
     model_dir = os.path.join(args.output_dir, "minilm")
@@ -54,7 +53,7 @@ def main(argv=None):
     step(f"imported all-MiniLM-L6-v2 from {source} into the tfbert model directory {model_dir}")
 
     encoder = tfbert.BertEncoder.from_preset(model_dir)
-    preprocessor = BertPreprocessor.from_preset(model_dir, seq_length=64)
+    preprocessor = tfbert.BertPreprocessor.from_preset(model_dir, seq_length=64)
     step(f"loaded a {encoder.num_layers}-layer, {encoder.hidden_dim}-wide encoder "
          f"({encoder.count_params():,} parameters) and its in-graph tokenizer")
 

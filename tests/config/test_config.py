@@ -77,3 +77,13 @@ def test_yaml_reads_exponent_floats(tmp_path):
     bad.write_text("trainer: [1,\n")
     with pytest.raises(ValueError, match="bad.yaml: not valid YAML"):
         load_yaml(str(bad))
+
+
+def test_every_recipe_in_configs_loads():
+    from tfbert.config import ExperimentConfig
+
+    recipes = sorted(glob.glob(os.path.join(helpers.REPO_ROOT, "configs", "*", "*.yaml")))
+    assert any("pretrain" in r for r in recipes)
+    for path in recipes:
+        config = ExperimentConfig.load(path)  # unknown keys would fail here, naming the file
+        assert config.trainer.train_steps > 0, path

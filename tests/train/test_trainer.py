@@ -193,3 +193,19 @@ def test_two_workers_multi_worker_mirrored_finish_with_identical_weights(recipe,
     # Only the chief (worker 0) keeps checkpoints.
     assert os.path.exists(tmp_path / "w0" / "checkpoints" / "checkpoint")
     assert not os.path.exists(tmp_path / "w1" / "checkpoints")
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model.dtype=mixed_bfloat16"],
+    ["model.dtype=mixed_float16"],
+    ["trainer.optimizer=lamb"],
+    ["trainer.gradient_accumulation_steps=2", "trainer.decay=polynomial", "trainer.decay_power=2.0"],
+], ids=["bf16", "fp16", "lamb", "accumulation"])
+def test_precision_and_optimizer_options_train_with_finite_loss(recipe, tmp_path, capsys, overrides):
+    args = [f"--config={recipe}", f"--model_dir={tmp_path / 'run'}", "--mode=train",
+            "--set", "trainer.train_steps=4"]
+    for item in overrides:
+        args += ["--set", item]
+    assert train_main(args) == 0
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("step 4/4")][0]
+    assert "nan" not in line and "inf" not in line

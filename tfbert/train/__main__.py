@@ -29,8 +29,11 @@ def build_parser():
                         help="checkpoints, TensorBoard logs and the final model directory")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key (repeatable)")
-    parser.add_argument("--mode", choices=("train", "eval", "train_and_eval"), default="train_and_eval",
-                        help="train, evaluate the latest checkpoint, or both (default)")
+    parser.add_argument("--mode", choices=("train", "eval", "train_and_eval", "predict"),
+                        default="train_and_eval",
+                        help="train, evaluate the latest checkpoint, both (default), or "
+                             "predict on data.eval_files into --output_file")
+    parser.add_argument("--output_file", help="where --mode=predict writes its predictions")
     return parser
 
 
@@ -54,7 +57,7 @@ def run(args, out=None):
     from tfbert.train.trainer import Trainer
 
     config = ExperimentConfig.load(args.config, args.overrides)
-    if args.mode != "eval" and not config.data.train_files:
+    if args.mode in ("train", "train_and_eval") and not config.data.train_files:
         raise ValueError("data.train_files is empty; set it in the recipe or with --set")
     vocabulary, lowercase = _vocabulary(config)
     strategy = make_strategy(args.strategy, tpu=args.tpu)
@@ -69,6 +72,12 @@ def run(args, out=None):
         if args.mode == "eval":
             trainer.restore()
         metrics = trainer.evaluate()
+    if args.mode == "predict":
+        if not args.output_file:
+            raise ValueError("--mode=predict needs --output_file")
+        trainer.restore()
+        trainer.predict(args.output_file)
+        print(f"wrote predictions to {args.output_file}", file=out or sys.stdout, flush=True)
     return metrics
 
 

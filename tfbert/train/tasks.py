@@ -121,13 +121,23 @@ class PretrainingTask:
         return metrics["mlm_loss"] + metrics["nsp_loss"]
 
 
-# The trainer's tasks by name (the `task:` key of a recipe).
+# The trainer's tasks by name (the `task:` key of a recipe). Fine-tuning tasks are
+# named "module:Class" and imported when used, so pretraining never loads their data code.
 TASKS = {
     "pretraining": PretrainingTask,
+    "classification": "tfbert.train.classification_task:ClassificationTask",
+    "token_classification": "tfbert.train.token_classification_task:TokenClassificationTask",
+    "question_answering": "tfbert.train.question_answering_task:QuestionAnsweringTask",
 }
 
 
 def get_task(config):
     if config.task not in TASKS:
         raise ValueError(f"unknown task {config.task!r}; valid: {', '.join(TASKS)}")
-    return TASKS[config.task](config)
+    task = TASKS[config.task]
+    if isinstance(task, str):
+        import importlib
+
+        module, name = task.split(":")
+        task = getattr(importlib.import_module(module), name)
+    return task(config)

@@ -294,6 +294,10 @@ class Trainer:
         iterator = iter(self._distributed_dataset(training=False))
         sums = self._eval_loop(iterator, tf.constant(self.config.trainer.eval_steps))
         metrics = self.task.metrics({k: float(v.numpy()) for k, v in sums.items()})
+        if hasattr(self.task, "host_metrics"):
+            # Metrics over whole examples that need Python post-processing (seqeval entity
+            # F1, SQuAD EM/F1 over all windows of a context).
+            metrics.update(self.task.host_metrics(self.model))
         step = int(self.step.numpy()) if step is None else step
         with self._writer("eval").as_default(step=step):
             for k, v in metrics.items():
@@ -302,11 +306,22 @@ class Trainer:
         return metrics
 
     def export_model_directory(self, vocabulary, lowercase):
-        """Writes config.json, vocab.txt, model.weights.h5 and task.json into model_dir."""
+        """Writes config.json, vocab.txt, model.weights.h5 and task.json into model_dir.
+
+        task.json gets the task's own entries too (label names, sequence length, ...).
+        """
         if self.chief:
+            task_info = self.task.task_info() if hasattr(self.task, "task_info") else {}
             presets.write_preset_files(
-                self.model, self.model_dir, vocabulary=vocabulary, lowercase=lowercase
+                self.model, self.model_dir, vocabulary=vocabulary, lowercase=lowercase,
+                **task_info,
             )
+
+    def predict(self, output_file):
+        """Writes the task's predictions on data.eval_files to `output_file`."""
+        if not hasattr(self.task, "predict"):
+            raise ValueError(f"task {self.config.task!r} has no prediction mode")
+        return self.task.predict(self.model, output_file)
 
     def weights(self):
         return [np.asarray(v) for v in self.model.weights]
