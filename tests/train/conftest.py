@@ -5,20 +5,18 @@ import sys
 import pytest
 
 import helpers
+import pretrain_corpus
 
 
 @pytest.fixture(scope="session")
 def pretraining_records(tmp_path_factory):
     """Google-format pretraining TFRecords made from real IMDB reviews with the real
     uncased vocab, by `python -m tfbert.data.create_pretraining_data`."""
-    if os.environ.get("TFBERT_DEV_RECORDS"):  # TEMP: synthetic records while data lands
-        d = os.environ["TFBERT_DEV_RECORDS"]
-        return {"train": f"{d}/rec-*.tfrecord", "eval": f"{d}/rec-1.tfrecord"}, f"{d}/vocab30522.txt"
     directory = tmp_path_factory.mktemp("records")
     vocab = os.path.join(helpers.minilm_dir(), "vocab.txt")
     records = {}
     for split, (count, start) in {"train": (160, 0), "eval": (40, 160)}.items():
-        corpus = helpers.write_imdb_corpus(str(directory / f"{split}.txt"), count, start=start)
+        corpus = pretrain_corpus.write_imdb_corpus(str(directory / f"{split}.txt"), count, start=start)
         records[split] = str(directory / f"{split}.tfrecord")
         subprocess.run(
             [sys.executable, "-m", "tfbert.data.create_pretraining_data",
