@@ -12,6 +12,8 @@ STACK = [
     "keras-hub~=0.32.0",
     "keras-nlp~=0.32.0",
     "tensorflow-datasets~=4.9.0",
+    # tensorflow-datasets 4.9.10 imports it when preparing a dataset but does not list it.
+    "importlib_resources",
     "tf-models-official~=2.20.0",
     # Model Garden's networks are built on Keras 2 (tf_keras); the model_garden importer
     # loads them through it.

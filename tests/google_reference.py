@@ -27,7 +27,7 @@ import warnings
 
 # Modules of the bert package this helper can import.
 GOOGLE_MODULES = ("modeling", "run_pretraining", "tokenization", "create_pretraining_data",
-                  "optimization", "run_classifier")
+                  "optimization", "run_classifier", "run_squad")
 
 _loaded = {}
 
@@ -79,7 +79,7 @@ def google_module(name):
         google_module("optimization")
     if name == "create_pretraining_data":
         google_module("tokenization")
-    if name == "run_classifier":
+    if name in ("run_classifier", "run_squad"):
         google_module("modeling")
         google_module("optimization")
         google_module("tokenization")
@@ -139,3 +139,14 @@ def google_run_classifier():
     a working `tokenization` (see google_tokenization)."""
     google_tokenization()
     return google_module("run_classifier")
+
+
+def google_run_squad():
+    """Google's run_squad.py (read_squad_examples, convert_examples_to_features,
+    write_predictions), with a working `tokenization` and its flags parsed privately."""
+    tokenization = google_tokenization()
+    module = google_module("run_squad")
+    if not module.FLAGS.is_parsed():
+        module.FLAGS(["run_squad", "--vocab_file=unused", "--bert_config_file=unused",
+                      "--output_dir=unused"])
+    return module, tokenization

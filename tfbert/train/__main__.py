@@ -57,7 +57,8 @@ def run(args, out=None):
     from tfbert.train.trainer import Trainer
 
     config = ExperimentConfig.load(args.config, args.overrides)
-    if args.mode in ("train", "train_and_eval") and not config.data.train_files:
+    from_tfds = config.data.format == "tfds"
+    if args.mode in ("train", "train_and_eval") and not config.data.train_files and not from_tfds:
         raise ValueError("data.train_files is empty; set it in the recipe or with --set")
     vocabulary, lowercase = _vocabulary(config)
     strategy = make_strategy(args.strategy, tpu=args.tpu)
@@ -68,7 +69,7 @@ def run(args, out=None):
         trainer.export_model_directory(vocabulary, lowercase)
         if trainer.chief:
             print(f"wrote the model directory {args.model_dir}", file=out or sys.stdout, flush=True)
-    if args.mode in ("eval", "train_and_eval") and config.data.eval_files:
+    if args.mode in ("eval", "train_and_eval") and trainer.has_eval_data():
         if args.mode == "eval":
             trainer.restore()
         metrics = trainer.evaluate()

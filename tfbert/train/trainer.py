@@ -179,9 +179,13 @@ class Trainer:
 
         def replica_step(inputs, labels):
             grads, sums = compute(inputs, labels, self._global_denominators(labels))
+            # Variables the loss does not reach (e.g. the pooler in NER and QA) get no
+            # gradient; skip them rather than all-reduce a None.
+            pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+            grads = [g for g, _ in pairs]
             if self._clip_norm:
                 grads = self._clip_global(grads)
-            self.optimizer.apply_gradients(zip(grads, variables))
+            self.optimizer.apply_gradients(zip(grads, [v for _, v in pairs]))
             return sums
 
         def one_step(iterator):
@@ -278,16 +282,20 @@ class Trainer:
                 self.save()
                 last_saved = step
             if (trainer.eval_interval and step % trainer.eval_interval == 0 and step < total
-                    and self.config.data.eval_files):
+                    and self.has_eval_data()):
                 self.evaluate(step)
         if step != last_saved:
             self.save()
         writer.flush()
         return metrics
 
+    def has_eval_data(self):
+        data = self.config.data
+        return bool(data.eval_files) or (data.format == "tfds" and bool(data.eval_split))
+
     def evaluate(self, step=None):
-        """Metrics over trainer.eval_steps batches of data.eval_files."""
-        if not self.config.data.eval_files:
+        """Metrics over trainer.eval_steps batches of the evaluation data."""
+        if not self.has_eval_data():
             raise ValueError("data.eval_files is empty; nothing to evaluate")
         if self._eval_loop is None:
             self._eval_loop = self._build_eval_loop()
