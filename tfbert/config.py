@@ -242,6 +242,12 @@ class DataSection:
     shuffle_buffer: int = 10000
     seed: int = 12345
     deterministic: bool = False
+    # --- pretraining from raw text (tfbert.data.dynamic_masking) ---
+    dynamic_masking: bool = False      # train_files are text (one sentence per line), masked anew each epoch
+    nsp: bool = True                   # False: RoBERTa-style packing, no NSP loss
+    whole_word_masking: bool = False
+    masked_lm_prob: float = 0.15
+    short_seq_prob: float = 0.1
     # --- fine-tuning data ---
     # tfrecord (pretraining), csv, tsv, jsonl, conll, squad, or tfds.
     format: str = "tfrecord"
@@ -253,6 +259,7 @@ class DataSection:
     text_b_column: str = ""    # set for sentence-pair tasks
     label_column: str = "label"
     label_names: tuple = ()    # empty: read from the data (sorted)
+    regression: bool = False   # numeric labels, one output, MSE (as STS-B)
     # --- question answering ---
     doc_stride: int = 128
     max_query_length: int = 64

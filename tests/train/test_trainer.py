@@ -209,3 +209,19 @@ def test_precision_and_optimizer_options_train_with_finite_loss(recipe, tmp_path
     assert train_main(args) == 0
     line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("step 4/4")][0]
     assert "nan" not in line and "inf" not in line
+
+
+@pytest.mark.parametrize("nsp", [True, False])
+def test_trains_from_raw_text_with_dynamic_masking(recipe, tmp_path, capsys, nsp):
+    import pretrain_corpus
+
+    corpus = pretrain_corpus.write_imdb_corpus(str(tmp_path / "imdb.txt"), 60)
+    assert train_main([f"--config={recipe}", f"--model_dir={tmp_path / 'run'}",
+                       "--set", "data.dynamic_masking=true", "--set", f"data.nsp={str(nsp).lower()}",
+                       "--set", f"data.train_files={corpus}", "--set", f"data.eval_files={corpus}",
+                       "--set", "trainer.train_steps=4"]) == 0
+    out = capsys.readouterr().out
+    line = [l for l in out.splitlines() if l.startswith("step 4/4")][0]
+    assert "mlm_loss" in line and "nan" not in line
+    # Without NSP there is no NSP metric (its labels would all be 0).
+    assert ("nsp_accuracy" in line) == nsp

@@ -58,6 +58,8 @@ class PretrainingTask:
 
         data = self.config.data
         files = data.train_files if training else data.eval_files
+        if data.dynamic_masking:
+            return self._dynamic_dataset(files, input_context, training)
         return pretraining_dataset(
             files.split(","),
             global_batch_size=self.config.trainer.global_batch_size,
@@ -68,6 +70,31 @@ class PretrainingTask:
             shuffle_buffer=data.shuffle_buffer,
             seed=data.seed,
             deterministic=data.deterministic,
+        )
+
+    def _dynamic_dataset(self, files, input_context, training):
+        from tfbert.data.dynamic_masking import dynamic_pretraining_dataset
+        from tfbert.text.bert_preprocessor import BertPreprocessor
+
+        data = self.config.data
+        vocab = data.vocab_file or os.path.join(self.config.model.preset, presets.VOCAB_FILE)
+        lowercase = data.lowercase
+        if not data.vocab_file and os.path.isdir(self.config.model.preset):
+            lowercase = presets.load_config(self.config.model.preset).lowercase
+        return dynamic_pretraining_dataset(
+            files.split(","),
+            BertPreprocessor(vocab, seq_length=data.max_seq_length, lowercase=lowercase),
+            global_batch_size=self.config.trainer.global_batch_size,
+            max_seq_length=data.max_seq_length,
+            max_predictions_per_seq=data.max_predictions_per_seq,
+            masked_lm_prob=data.masked_lm_prob,
+            nsp=data.nsp,
+            whole_word_masking=data.whole_word_masking,
+            short_seq_prob=data.short_seq_prob,
+            input_context=input_context,
+            is_training=training,
+            seed=data.seed if data.deterministic else None,
+            shuffle_buffer=data.shuffle_buffer,
         )
 
     @staticmethod
@@ -93,8 +120,10 @@ class PretrainingTask:
         nsp_logits = outputs[features.NSP_LOGITS]
         nsp_ce = sparse_ce(nsp_labels, nsp_logits)
         nsp_loss_sum = tf.reduce_sum(nsp_ce)
-        loss = (mlm_loss_sum / tf.maximum(denominators["mlm_weight"], 1.0)
-                + nsp_loss_sum / denominators["examples"])
+        loss = mlm_loss_sum / tf.maximum(denominators["mlm_weight"], 1.0)
+        if self.config.data.nsp:
+            # Without NSP (RoBERTa-style packing) the labels are all 0: no loss from them.
+            loss += nsp_loss_sum / denominators["examples"]
         sums = {
             "mlm_loss_sum": mlm_loss_sum,
             "mlm_weight": mlm_weight,
@@ -105,20 +134,17 @@ class PretrainingTask:
         }
         return loss, sums
 
-    @staticmethod
-    def metrics(sums):
+    def metrics(self, sums):
         mlm_weight = max(sums["mlm_weight"], 1.0)
         nsp_count = max(sums["nsp_count"], 1.0)
-        return {
+        metrics = {
             "mlm_loss": sums["mlm_loss_sum"] / mlm_weight,
             "mlm_accuracy": sums["mlm_correct"] / mlm_weight,
-            "nsp_loss": sums["nsp_loss_sum"] / nsp_count,
-            "nsp_accuracy": sums["nsp_correct"] / nsp_count,
         }
-
-    @staticmethod
-    def loss_of(metrics):
-        return metrics["mlm_loss"] + metrics["nsp_loss"]
+        if self.config.data.nsp:
+            metrics["nsp_loss"] = sums["nsp_loss_sum"] / nsp_count
+            metrics["nsp_accuracy"] = sums["nsp_correct"] / nsp_count
+        return metrics
 
 
 # The trainer's tasks by name (the `task:` key of a recipe). Fine-tuning tasks are
