@@ -55,6 +55,9 @@ setup(
     entry_points={
         "console_scripts": [
             "tfbert-convert=tfbert.convert.__main__:main",
+            "tfbert-train=tfbert.train.__main__:main",
+            "tfbert-export=tfbert.export.__main__:main",
+            "tfbert-serve=tfbert.serve:main",
         ],
     },
 )

@@ -18,6 +18,7 @@ from tfbert.models import (  # noqa: E402
     BertTokenClassifier,
 )
 from tfbert.text import BertPreprocessor  # noqa: E402
+from tfbert.export import export_saved_model  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -29,4 +30,5 @@ __all__ = [
     "BertTokenClassifier",
     "BertQuestionAnswerer",
     "BertPreprocessor",
+    "export_saved_model",
 ]

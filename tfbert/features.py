@@ -32,6 +32,31 @@ RECORD_MASKED_LM_IDS = "masked_lm_ids"
 RECORD_MASKED_LM_WEIGHTS = "masked_lm_weights"
 RECORD_NEXT_SENTENCE_LABELS = "next_sentence_labels"
 
-# Serving signature inputs.
+# Serving signatures: names, inputs and outputs (TF Serving's own names for the Classify
+# and Regress APIs included).
 TEXT = "text"
 TEXT_B = "text_b"
+SERVING_DEFAULT = "serving_default"
+CLASSIFY = "classify"
+REGRESS = "regress"
+SERVE_IDS = "serve_ids"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+PREDICT_METHOD = "tensorflow/serving/predict"
+EXAMPLES = "inputs"              # Classify / Regress input: serialized tf.Example [B]
+SCORES = "scores"                # Classify output
+CLASSES = "classes"              # Classify output
+REGRESS_OUTPUTS = "outputs"      # Regress output
+QUESTION = "question"
+CONTEXT = "context"
+PROBABILITIES = "probabilities"
+LABEL_ID = "label_id"
+LABEL = "label"
+SCORE = "score"
+WORDS = "words"
+LABELS = "labels"
+NUM_WORDS = "num_words"
+START_CHAR = "start_char"
+END_CHAR = "end_char"
+ANSWER = "answer"
+NULL_SCORE = "null_score"
