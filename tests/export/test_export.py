@@ -648,3 +648,43 @@ def test_export_refuses_bad_arguments(tmp_path):
     with pytest.raises(TypeError, match="cannot export a Dense"):
         saved_model.export_saved_model(keras.layers.Dense(2), pre16, str(tmp_path))
     assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------- served
+
+
+def test_every_task_export_serves_through_the_reference_server_and_client(exports):
+    """Each export behind `tfbert.serve`'s server answers gRPC and REST like the loaded graph."""
+    from tfbert.serving import Client
+    from tfbert.serving.server import ModelServer
+    from tfbert.serving.server_configs import single_model_config
+
+    made, _ = exports
+    for task, entry in made.items():
+        base = os.path.dirname(entry["path"])
+        server = ModelServer(single_model_config(task, base), grpc_port=0, rest_api_port=0,
+                             host="127.0.0.1", file_system_poll_wait_seconds=0).start()
+        grpc_client = Client(f"127.0.0.1:{server.grpc_port}", task, timeout=60)
+        rest_client = Client(None, task, rest_url=f"http://127.0.0.1:{server.rest_api_port}",
+                             timeout=60)
+        try:
+            call = entry["calls"][0]
+            inputs = call["inputs"]  # raw bytes: invalid UTF-8 and the 1 MB text included
+            want = outputs(entry, 0)
+            for client in (grpc_client, rest_client):
+                got = client.predict(**inputs)
+                assert set(got) == set(want), task
+                for name, value in want.items():
+                    value = np.asarray(value)
+                    if value.dtype.kind in "OSU":
+                        # The client decodes valid UTF-8 to str; compare as bytes.
+                        as_bytes = [g.encode("utf-8") if isinstance(g, str) else g
+                                    for g in np.asarray(got[name], object).reshape(-1)]
+                        assert_strings_equal(np.asarray(as_bytes, object).reshape(
+                            np.shape(got[name])), value)
+                    else:
+                        np.testing.assert_allclose(np.asarray(got[name], value.dtype), value,
+                                                   atol=1e-5, err_msg=f"{task} {name}")
+        finally:
+            grpc_client.close()
+            server.stop()
