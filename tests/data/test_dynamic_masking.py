@@ -283,7 +283,9 @@ def test_tiny_pretrainer_trains_on_it(imdb, preprocessor):
         hidden_dim=16, intermediate_dim=32, max_sequence_length=S,
     )
     model = BertPretrainer(encoder)
-    task = PretrainingTask(config=None)
+    from tfbert.config import ExperimentConfig
+
+    task = PretrainingTask(config=ExperimentConfig())  # nsp=True: both losses
     optimizer = keras.optimizers.AdamW(learning_rate=1e-3)
     dataset = dynamic_pretraining_dataset(
         imdb, preprocessor, batch_size=8, max_seq_length=S, max_predictions_per_seq=P,

@@ -214,18 +214,14 @@ CONLL2003 = (
 )
 
 
-def test_tfds_conll2003_through_the_trainer(tmp_path):
+def test_tfds_conll2003_through_the_cli(tmp_path, capsys):
     """TFDS conll2003, prepared locally by TFDS's own builder from CoNLL-2003-format files
-    (its download redirected to them), trained and predicted with configs/finetune's
-    conll2003.yaml and a tiny model."""
+    (its download redirected to them: no internet here), trained, evaluated and predicted
+    by `python -m tfbert.train` with configs/finetune/conll2003.yaml and a tiny model."""
     from unittest import mock
 
     import tensorflow_datasets as tfds
     from etils import epath
-
-    from tfbert.config import ExperimentConfig
-    from tfbert.train.strategies import make_strategy
-    from tfbert.train.trainer import Trainer
 
     source = tmp_path / "source"
     source.mkdir()
@@ -236,22 +232,23 @@ def test_tfds_conll2003_through_the_trainer(tmp_path):
                            return_value=epath.Path(source)):
         tfds.builder("conll2003", data_dir=data_dir).download_and_prepare()
 
-    config = ExperimentConfig.load(
-        os.path.join(helpers.REPO_ROOT, "configs", "finetune", "conll2003.yaml"),
-        ["model.preset=tiny", f"model.encoder_overrides={TINY}",
-         f"data.vocab_file={os.path.join(helpers.minilm_dir(), 'vocab.txt')}",
-         f"data.tfds_data_dir={data_dir}", "data.max_seq_length=16",
-         "trainer.train_steps=2", "trainer.global_batch_size=2", "trainer.steps_per_loop=1",
-         "trainer.eval_steps=2"])
-    trainer = Trainer(config, make_strategy("one_device"), str(tmp_path / "run"))
-    assert trainer.task.label_names == ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC",
-                                        "I-LOC", "B-MISC", "I-MISC"]
-    trainer.train()
-    metrics = trainer.task.host_metrics(trainer.model)
-    assert set(metrics) == {"precision", "recall", "f1", "dropped_words"}
+    model_dir = str(tmp_path / "run")
+    flags = [f"--config={os.path.join(helpers.REPO_ROOT, 'configs', 'finetune', 'conll2003.yaml')}",
+             f"--model_dir={model_dir}",
+             "--set", "model.preset=tiny", "--set", f"model.encoder_overrides={TINY}",
+             "--set", f"data.vocab_file={os.path.join(helpers.minilm_dir(), 'vocab.txt')}",
+             "--set", f"data.tfds_data_dir={data_dir}", "--set", "data.max_seq_length=16",
+             "--set", "trainer.train_steps=2", "--set", "trainer.global_batch_size=2",
+             "--set", "trainer.steps_per_loop=1", "--set", "trainer.eval_steps=2"]
+    assert train_main(flags) == 0
+    assert set(eval_line(capsys.readouterr().out)) == {
+        "loss", "accuracy", "precision", "recall", "f1", "dropped_words"}
+    info = json.loads(read(os.path.join(model_dir, "task.json")))
+    # The dataset's ClassLabel order, not sorted.
+    assert info["label_names"] == ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC",
+                                   "B-MISC", "I-MISC"]
     output = str(tmp_path / "dev.pred.conll")
-    trainer.predict(output)
+    assert train_main(flags + ["--mode=predict", f"--output_file={output}"]) == 0
     blocks = read(output).strip().split("\n\n")
-    assert sorted(b.splitlines()[0].split("\t")[:2][0] for b in blocks) == ["BRUSSELS", "EU",
-                                                                           "Peter"]
+    assert sorted(b.splitlines()[0].split("\t")[0] for b in blocks) == ["BRUSSELS", "EU", "Peter"]
     assert "Blackburn\tI-PER\t" in read(output)

@@ -6,7 +6,7 @@ from keras import ops
 OPTIMIZERS = ("adamw", "lamb")
 DECAYS = ("linear", "polynomial", "constant")
 # BERT does not decay LayerNorm parameters or biases (Google's optimization.py).
-NO_DECAY = ["layer_norm", "bias"]
+NO_DECAY = ["gamma", "beta", "bias"]  # Keras matches variable names, not paths
 
 
 @keras.saving.register_keras_serializable(package="tfbert")
