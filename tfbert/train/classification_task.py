@@ -298,10 +298,6 @@ class ClassificationTask:
                                        sums["actual_positive"], sums["count"]))
         return out
 
-    @staticmethod
-    def loss_of(metrics):
-        return metrics["loss"]
-
     # === Prediction ===
 
     def predict(self, model, output_file):

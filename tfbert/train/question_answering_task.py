@@ -220,10 +220,6 @@ class QuestionAnsweringTask:
             "end_accuracy": sums["end_correct"] / count,
         }
 
-    @staticmethod
-    def loss_of(metrics):
-        return metrics["loss"]
-
     # === Whole questions: answers, EM / F1, prediction files ===
 
     def task_info(self):

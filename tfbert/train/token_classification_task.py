@@ -201,10 +201,6 @@ class TokenClassificationTask:
         labelled = max(sums["labelled"], 1.0)
         return {"loss": sums["loss_sum"] / labelled, "accuracy": sums["correct"] / labelled}
 
-    @staticmethod
-    def loss_of(metrics):
-        return metrics["loss"]
-
     # === Whole-sentence evaluation and prediction (host side) ===
 
     def _predict_eval(self, model):
