@@ -34,6 +34,8 @@ Differences from google-research/bert, all deliberate:
 import random
 
 import tensorflow as tf
+
+from tfbert.data import records
 import tensorflow_text as tf_text
 
 from tfbert.data.records import list_record_files
@@ -106,14 +108,7 @@ def dynamic_pretraining_dataset(
       {masked_lm_weights} float32 [B, P], {next_sentence_labels} int32 [B, 1].
     """
     # B=batch, S=max_seq_length, P=max_predictions_per_seq, W=documents in a window.
-    if (global_batch_size is None) == (batch_size is None):
-        raise ValueError("pass exactly one of global_batch_size and batch_size")
-    if batch_size is None:
-        batch_size = global_batch_size
-        if input_context is not None:
-            batch_size = input_context.get_per_replica_batch_size(global_batch_size)
-    if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    batch_size = records.per_replica_batch_size(global_batch_size, batch_size, input_context)
     if max_seq_length < 5:
         raise ValueError(f"max_seq_length must be at least 5, got {max_seq_length}")
     if max_predictions_per_seq < 1:

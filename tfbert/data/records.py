@@ -102,6 +102,19 @@ def detect_compression(path):
         return "GZIP" if f.read(2) == _GZIP_MAGIC else ""
 
 
+def per_replica_batch_size(global_batch_size, batch_size, input_context):
+    """One replica's batch size from exactly one of a global or a per-replica size."""
+    if (global_batch_size is None) == (batch_size is None):
+        raise ValueError("pass exactly one of global_batch_size and batch_size")
+    if batch_size is None:
+        batch_size = global_batch_size
+        if input_context is not None:
+            batch_size = input_context.get_per_replica_batch_size(global_batch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    return batch_size
+
+
 def pretraining_dataset(
     file_patterns,
     global_batch_size=None,
@@ -143,14 +156,7 @@ def pretraining_dataset(
     an evaluation pass therefore drops the last partial batch, as Google's does.
     """
     # B=batch, S=max_seq_length, P=max_predictions_per_seq.
-    if (global_batch_size is None) == (batch_size is None):
-        raise ValueError("pass exactly one of global_batch_size and batch_size")
-    if batch_size is None:
-        batch_size = global_batch_size
-        if input_context is not None:
-            batch_size = input_context.get_per_replica_batch_size(global_batch_size)
-    if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    batch_size = per_replica_batch_size(global_batch_size, batch_size, input_context)
     files = list_record_files(file_patterns)
     if compression is None:
         compression = detect_compression(files[0])
