@@ -286,24 +286,22 @@ def sst2_data_dir(tmp_path_factory):
     return data_dir
 
 
-def test_tfds_glue_through_the_trainer(tmp_path, vocab_file, sst2_data_dir):
-    from tfbert.train.strategies import make_strategy
-    from tfbert.train.trainer import Trainer
-
+def test_tfds_glue_through_the_cli(tmp_path, vocab_file, sst2_data_dir, capsys):
     recipe = write_recipe(tmp_path / "sst2.yaml", vocab_file,
                           ["format: tfds", "tfds_name: glue/sst2",
                            f"tfds_data_dir: {sst2_data_dir}"],
-                          ["train_steps: 100", "jit_compile: false"])
-    config = ExperimentConfig.load(recipe)
+                          ["train_steps: 100", "eval_steps: 2", "jit_compile: false"])
     model_dir = str(tmp_path / "run")
-    trainer = Trainer(config, make_strategy("one_device"), model_dir)
-    assert trainer.task.label_names == ("negative", "positive")
-    trainer.train()
-    trainer.export_model_directory(os.path.join(helpers.minilm_dir(), "vocab.txt"), True)
+    assert train_main(["--config", recipe, "--model_dir", model_dir]) == 0
+    assert eval_metrics(capsys.readouterr().out)["accuracy"] >= 0.9
     info = read_json(os.path.join(model_dir, "task.json"))
     assert info["label_names"] == ["negative", "positive"] and info["inputs"] == ["text"]
-    metrics = trainer.predict(str(tmp_path / "dev.jsonl"))
-    assert metrics["examples"] == 20 and metrics["accuracy"] >= 0.9, metrics
+    out = str(tmp_path / "dev.jsonl")
+    assert train_main(["--config", recipe, "--model_dir", model_dir, "--mode", "predict",
+                       "--output_file", out]) == 0
+    rows = read_jsonl(out)
+    assert len(rows) == 20 and {r["gold"] for r in rows} == {"negative", "positive"}
+    assert np.mean([r["label"] == r["gold"] for r in rows]) >= 0.9
 
 
 # ---------------------------------------------------------------------- Keras model.fit
