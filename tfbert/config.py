@@ -281,6 +281,9 @@ class TrainerSection:
     end_learning_rate: float = 0.0
     decay_power: float = 1.0
     clip_norm: float = 1.0             # global-norm clipping; 0 turns it off
+    # Layer-wise learning-rate decay for fine-tuning: transformer layer i of L learns at
+    # learning_rate * layer_decay ** (L - i), the embeddings at ** (L + 1); 1.0 turns it off.
+    layer_decay: float = 1.0
     # k > 1 applies the mean gradient of k batches at once (effective batch
     # k * global_batch_size); train_steps and the schedule still count batches.
     gradient_accumulation_steps: int = 1
@@ -288,7 +291,7 @@ class TrainerSection:
     checkpoint_interval: int = 100
     max_checkpoints: int = 3
     eval_interval: int = 0             # 0: evaluate at the end only
-    eval_steps: int = 20
+    eval_steps: int = 20               # 0: one full pass over the evaluation data
     jit_compile: bool = True
     seed: int = 42                     # weight initialisation and dropout
 

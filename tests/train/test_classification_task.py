@@ -251,6 +251,41 @@ def test_eval_batches_are_padded_and_cover_every_example_once(tmp_path, vocab_fi
     assert all(float(tf.reduce_sum(b[1]["weight"])) == 4.0 for b in train)
 
 
+def test_trainer_layer_decay_and_full_pass_eval(tmp_path, vocab_file, sentiment_files):
+    """trainer.layer_decay scales each layer's step; eval_steps 0 is one full pass."""
+    from tfbert.train.strategies import make_strategy
+    from tfbert.train.trainer import Trainer
+
+    train, dev = sentiment_files
+    lr = 1e-2
+    recipe = write_recipe(tmp_path / "r.yaml", vocab_file,
+                          ["format: csv", f"train_files: {train}", f"eval_files: {dev}"],
+                          ["train_steps: 1", "steps_per_loop: 1", "warmup_steps: 0",
+                           "decay: constant", f"learning_rate: {lr}", "weight_decay: 0.0",
+                           "clip_norm: 0.0", "layer_decay: 0.5", "eval_steps: 0",
+                           "jit_compile: false"])
+    config = ExperimentConfig.load(recipe, ["trainer.warmup_steps=0"])
+    trainer = Trainer(config, make_strategy("one_device"), str(tmp_path / "run"))
+    model = trainer.model
+    before = {v.path: v.numpy().copy() for v in model.trainable_variables}
+    trainer.train()
+    moved = {v.path: np.abs(v.numpy() - before[v.path]).max() for v in model.trainable_variables}
+    # Adam's first step moves an element by lr * scale * |g| / (|g| + epsilon): just under
+    # lr * scale (tiny gradients, as in the query kernel, fall further short). One layer:
+    # the embeddings learn at 0.5 ** 2, the transformer layer at 0.5, the head at 1.
+    for path, scale in [("embeddings/word_embeddings/embeddings", 0.25),
+                        ("transformer_layer_0/qkv/kernel", 0.5),
+                        ("transformer_layer_0/output/kernel", 0.5),
+                        ("classifier/kernel", 1.0)]:
+        assert 0.8 * lr * scale < moved[path] <= lr * scale * (1 + 1e-4), (path, moved[path])
+    # 40 evaluation examples at batch 16: three batches, the last padded.
+    assert trainer.eval_steps() == 3
+    assert trainer.evaluate()["accuracy"] >= 0.0
+    with pytest.raises(ValueError, match="layer_decay must be in"):
+        Trainer(ExperimentConfig.load(recipe, ["trainer.layer_decay=1.5"]),
+                make_strategy("one_device"), str(tmp_path / "bad"))
+
+
 def test_binary_metrics_f1_and_matthews():
     from tfbert.train.classification_task import _binary_metrics
 

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from tfbert.train import layer_decay
+
 OPTIMIZERS = ("adamw", "lamb")
 DECAYS = ("linear", "polynomial", "constant")
 # BERT does not decay LayerNorm parameters or biases (Google's optimization.py).
@@ -76,8 +78,21 @@ def make_optimizer(trainer, mixed_float16=False, clip_in_optimizer=True):
     if trainer.gradient_accumulation_steps > 1:
         common["gradient_accumulation_steps"] = trainer.gradient_accumulation_steps
     cls = keras.optimizers.AdamW if trainer.optimizer == "adamw" else keras.optimizers.Lamb
+    if not 0.0 < trainer.layer_decay <= 1.0:
+        raise ValueError(f"trainer.layer_decay must be in (0, 1], got {trainer.layer_decay}")
+    if trainer.layer_decay < 1.0:
+        # The per-variable scales are set once the model exists: set_layer_decay().
+        cls = layer_decay.layerwise(cls)
     optimizer = cls(**common)
     optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
     if mixed_float16:
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
+
+
+def set_layer_decay(optimizer, model, decay):
+    """Gives `model`'s variables their layer-wise rates in an optimizer from make_optimizer."""
+    if decay >= 1.0:
+        return
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # under fp16 loss scaling
+    inner.set_learning_rate_scales(layer_decay.layer_scales(model, decay))

@@ -16,6 +16,7 @@ entity precision, recall and F1 over every sentence of the evaluation data, with
 beyond max_seq_length predicted "O" (`dropped_words` counts them).
 """
 
+import math
 import os
 import sys
 
@@ -119,6 +120,10 @@ class TokenClassificationTask:
                 self._preprocessor = BertPreprocessor(
                     data.vocab_file, seq_length=data.max_seq_length, lowercase=data.lowercase)
         return self._preprocessor
+
+    def num_eval_steps(self):
+        """Steps that cover the evaluation sentences once (the last batch padded)."""
+        return max(1, math.ceil(len(self.examples(False)) / self.config.trainer.global_batch_size))
 
     def dataset(self, input_context, training):
         data = self.config.data

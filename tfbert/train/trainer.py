@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfbert.models import presets
-from tfbert.train.optimizers import make_optimizer
+from tfbert.train.optimizers import make_optimizer, set_layer_decay
 from tfbert.train.strategies import is_chief
 from tfbert.train.tasks import get_task
 
@@ -79,6 +79,7 @@ class Trainer:
             self._clip_norm = 0.0 if fp16 else trainer.clip_norm
             self.optimizer = make_optimizer(trainer, mixed_float16=fp16, clip_in_optimizer=fp16)
             self.optimizer.build(self.model.trainable_variables)
+            set_layer_decay(self.optimizer, self.model, trainer.layer_decay)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         self.checkpoint = tf.train.Checkpoint(
             model=self.model, optimizer=self.optimizer, step=self.step,
@@ -293,6 +294,22 @@ class Trainer:
         data = self.config.data
         return bool(data.eval_files) or (data.format == "tfds" and bool(data.eval_split))
 
+    def eval_steps(self):
+        """trainer.eval_steps, or with 0 the batches of one full pass over the eval data."""
+        steps = self.config.trainer.eval_steps
+        if steps > 0:
+            return steps
+        if not hasattr(self.task, "num_eval_steps"):
+            raise ValueError(
+                f"trainer.eval_steps: 0 (a full pass) needs a task that knows its evaluation "
+                f"size; task {self.config.task!r} does not, so set a number of batches"
+            )
+        steps = self.task.num_eval_steps()
+        if steps is None:
+            raise ValueError("trainer.eval_steps: 0 (a full pass) needs the evaluation size, "
+                             "which this dataset does not record; set a number of batches")
+        return steps
+
     def evaluate(self, step=None):
         """Metrics over trainer.eval_steps batches of the evaluation data."""
         if not self.has_eval_data():
@@ -300,7 +317,7 @@ class Trainer:
         if self._eval_loop is None:
             self._eval_loop = self._build_eval_loop()
         iterator = iter(self._distributed_dataset(training=False))
-        sums = self._eval_loop(iterator, tf.constant(self.config.trainer.eval_steps))
+        sums = self._eval_loop(iterator, tf.constant(self.eval_steps()))
         metrics = self.task.metrics({k: float(v.numpy()) for k, v in sums.items()})
         if hasattr(self.task, "host_metrics"):
             # Metrics over whole examples that need Python post-processing (seqeval entity
