@@ -51,6 +51,40 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
                     power=self.power, decay=self.decay)
 
 
+@keras.saving.register_keras_serializable(package="tfbert")
+class AdamW(keras.optimizers.AdamW):
+    """Keras AdamW with epsilon added to the bias-corrected second moment.
+
+    Keras adds epsilon to sqrt(v) before bias correction, so its effective epsilon is
+    epsilon / sqrt(1 - beta_2 ** t): 32x larger at step 1, still 2.5x at step 180. With
+    BERT's epsilon of 1e-6 and fine-tuning gradients of 1e-6..1e-5 per element (a global
+    norm of at most 1 over tens of millions of weights), that shrinks early updates by
+    up to 4x, and fine-tuning, which is all early steps, learns measurably slower than
+    the same recipe in PyTorch. Here the step is the Adam paper's (as torch.optim.AdamW):
+    lr * m_hat / (sqrt(v_hat) + epsilon). Weight decay is Keras' (decoupled, lr * wd).
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        lr = ops.cast(learning_rate, dtype)
+        gradient = ops.cast(gradient, dtype)
+        step = ops.cast(self.iterations + 1, dtype)
+        bias_1 = 1.0 - ops.power(ops.cast(self.beta_1, dtype), step)
+        bias_2 = 1.0 - ops.power(ops.cast(self.beta_2, dtype), step)
+        m = self._momentums[self._get_variable_index(variable)]
+        v = self._velocities[self._get_variable_index(variable)]
+        self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1.0 - self.beta_1))
+        self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v),
+                                        1.0 - self.beta_2))
+        if self.amsgrad:
+            v_max = self._velocity_hats[self._get_variable_index(variable)]
+            self.assign(v_max, ops.maximum(v_max, v))
+            v = v_max
+        # m / bias_1 / (sqrt(v / bias_2) + eps), with the divisions folded into scalars.
+        denominator = ops.add(ops.divide(ops.sqrt(v), ops.sqrt(bias_2)), self.epsilon)
+        self.assign_sub(variable, ops.divide(ops.multiply(m, lr / bias_1), denominator))
+
+
 def make_optimizer(trainer, mixed_float16=False, clip_in_optimizer=True):
     """The optimizer for a TrainerSection: schedule, weight decay, clipping, accumulation.
 
@@ -77,7 +111,7 @@ def make_optimizer(trainer, mixed_float16=False, clip_in_optimizer=True):
     )
     if trainer.gradient_accumulation_steps > 1:
         common["gradient_accumulation_steps"] = trainer.gradient_accumulation_steps
-    cls = keras.optimizers.AdamW if trainer.optimizer == "adamw" else keras.optimizers.Lamb
+    cls = AdamW if trainer.optimizer == "adamw" else keras.optimizers.Lamb
     if not 0.0 < trainer.layer_decay <= 1.0:
         raise ValueError(f"trainer.layer_decay must be in (0, 1], got {trainer.layer_decay}")
     if trainer.layer_decay < 1.0:
