@@ -76,6 +76,9 @@ OUTSIDE_LABEL = "O"
 DEFAULT_MAX_TEXT_BYTES = {"question_answering": 16384}
 DEFAULT_MAX_TEXT_BYTES_OTHER = 65536
 
+# Rows per model call when a batch runs sorted by length (Builder.run_model_by_length).
+ROWS_PER_CHUNK = 8
+
 
 def _text_spec(name):
     return tf.TensorSpec([None], tf.string, name=name)
@@ -99,6 +102,46 @@ class Builder:
     def run_model(self, inputs):
         return self.model(inputs, training=False)
 
+    def run_model_by_length(self, inputs, width, rows_per_chunk=ROWS_PER_CHUNK):
+        """`run_model` for a float output [B, width] (the classifier's logits: no
+        seq_length axis), skipping the padding: rows sorted by length, run in chunks of
+        `rows_per_chunk`, each chunk cut to its own longest row.
+
+        The packed inputs are padded to seq_length, but attention masks the padding out,
+        so a row's [CLS] output (hence the pooled output and the logits) does not depend
+        on how many padded columns follow it. On short texts padding is most of the work:
+        Rotten Tomatoes sentences average 27 pieces, so padding them to 128 spends ~80%
+        of the encoder on padding, and even padding a batch of 32 to its longest row
+        (HF's dynamic padding) does about twice the work of the real pieces. Sorted
+        chunks of 8 bring that to ~1.2x. A chunk of 8 rows of ~30 pieces still gives
+        the matrix multiplications hundreds of rows, so they stay efficient.
+        """
+        # B=batch, S=seq_length, C=rows per chunk, L=a chunk's longest row, K=outputs.
+        mask = inputs[features.INPUT_MASK]                                 # [B, S]
+        lengths = tf.reduce_sum(mask, axis=1)                              # [B]
+        order = tf.argsort(lengths, stable=True)                           # [B] shortest first
+        rows = {name: tf.gather(value, order) for name, value in inputs.items()}  # [B, S]
+        sorted_lengths = tf.gather(lengths, order)                         # [B]
+        batch = tf.shape(mask)[0]
+        # At least one (empty) chunk, so an empty batch still yields [0, K].
+        num_chunks = tf.maximum((batch + rows_per_chunk - 1) // rows_per_chunk, 1)
+
+        def body(i, outputs):
+            start = i * rows_per_chunk
+            end = tf.minimum(start + rows_per_chunk, batch)
+            # At least 1, so an empty chunk (an empty batch) still has a shape.
+            longest = tf.maximum(tf.reduce_max(sorted_lengths[start:end]), 1)
+            chunk = {name: value[start:end, :longest] for name, value in rows.items()}  # [C, L]
+            return i + 1, outputs.write(i, tf.cast(self.run_model(chunk), tf.float32))
+
+        outputs = tf.TensorArray(tf.float32, size=num_chunks, infer_shape=False,
+                                 element_shape=tf.TensorShape([None, width]))
+        _, outputs = tf.while_loop(lambda i, _: i < num_chunks, body, [0, outputs])
+        by_length = outputs.concat()                                       # [B, K] sorted
+        # The signature declares [-1, K], as it did when the model ran in one call.
+        return tf.ensure_shape(
+            tf.gather(by_length, tf.math.invert_permutation(order)), [None, width])  # [B, K]
+
 
 # ---------------------------------------------------------------- classification
 
@@ -121,7 +164,8 @@ def classification_functions(builder, label_names, pair):
         # B=batch, C=classes.
         text = builder.truncate(text)
         text_b = None if text_b is None else builder.truncate(text_b)
-        logits = builder.run_model(builder.preprocessor(text, text_b))    # [B, C]
+        logits = builder.run_model_by_length(
+            builder.preprocessor(text, text_b), builder.model.num_classes)  # [B, C]
         if regression:
             return {SCORE: logits[:, 0]}                                   # [B]
         label_id = tf.argmax(logits, axis=-1, output_type=tf.int32)        # [B]

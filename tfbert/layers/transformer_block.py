@@ -70,8 +70,15 @@ class TransformerBlock(keras.layers.Layer):
         # B=batch, S=sequence, H=hidden, N=heads, D=head size.
         batch, seq = ops.shape(x)[0], ops.shape(x)[1]
         qkv = self.qkv(x)                                            # [B, S, 3*H]
-        qkv = ops.reshape(qkv, (batch, seq, 3, self.num_heads, self.head_dim))  # [B, S, 3, N, D]
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]          # 3 x [B, S, N, D]
+        # The kernel's columns are [3, N, D]: split into thirds, then heads. A split's
+        # gradient is one concat; strided slices' gradients are three zero-filled
+        # [B, S, 3*H] tensors summed, which made the backward pass without XLA 10-20%
+        # slower on CPU (MiniLM-L6, batch 8). Same values either way; XLA fuses both.
+        q, k, v = ops.split(qkv, 3, axis=-1)                         # 3 x [B, S, H]
+        heads = (batch, seq, self.num_heads, self.head_dim)
+        q = ops.reshape(q, heads)                                    # [B, S, N, D]
+        k = ops.reshape(k, heads)                                    # [B, S, N, D]
+        v = ops.reshape(v, heads)                                    # [B, S, N, D]
         scores = ops.einsum("bqnd,bknd->bnqk", q, k)                 # [B, N, S, S]
         scores = scores * ops.cast(1.0 / self.head_dim**0.5, scores.dtype)
         # Softmax in float32: bf16/fp16 logits lose too much precision before exp.

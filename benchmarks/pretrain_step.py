@@ -1,0 +1,647 @@
+"""Pretraining step throughput (masked LM + next sentence): tfbert beside KerasHub and
+Model Garden, sequences/s and model FLOPs utilisation.
+
+  python benchmarks/pretrain_step.py [--sizes mini,small,base --precisions fp32,bf16
+      --batch_size 8 --steps 5 --xla grads ...]
+
+One training step: forward, loss, gradients, global-norm clipping at 1.0 and an AdamW
+update (weight decay 0.01, none on LayerNorm and biases), dropout 0.1, on a fixed
+synthetic batch of --batch_size sequences of --seq_length tokens (vocabulary 30,522,
+every token real, two segments) with --max_predictions masked positions each. The batch
+sits in memory, so the step is measured, not an input pipeline.
+
+- tfbert: `tfbert.BertPretrainer` (an encoder of configs/models/<size>.json) driven by
+  the trainer's own compiled loop (`tfbert.train.trainer.Trainer`, the code
+  `python -m tfbert.train` runs, one step per call), loss from `PretrainingTask.step`
+  (MLM mean over real predictions + NSP mean), optimizer from
+  `tfbert.train.optimizers.make_optimizer`.
+- KerasHub: `keras_hub.models.BertMaskedLM` over a `BertBackbone` of the same size,
+  random weights, no preprocessor (token ids, padding mask, segment ids and mask
+  positions fed directly, so its preprocessing is excluded), sparse cross-entropy on the
+  masked positions. KerasHub has no NSP head: its step does the MLM loss only.
+- Model Garden: `official.nlp.modeling.models.BertPretrainerV2` (tf_keras) over
+  `networks.BertEncoder`, with a `layers.ClassificationHead(num_classes=2,
+  name="next_sentence")` for NSP as Model Garden's own masked_lm task builds it, loss
+  MLM + NSP, tf_keras AdamW.
+
+XLA (--xla): `grads` (default) compiles forward + backward with XLA and leaves the
+optimizer update outside, which is how tfbert's trainer splits its step (the update
+holds cross-replica merges that cannot sit in an XLA cluster); KerasHub and Model
+Garden get the same split through a `tf.function(jit_compile=True)` gradient function.
+`step` compiles the whole step, optimizer included: KerasHub through its own
+`compile(jit_compile=True)` + `train_on_batch`, Model Garden and tfbert through one
+jit-compiled function (tfbert's trainer cannot do this; that row uses tfbert's model,
+task loss and optimizer in such a function). `off` runs plain `tf.function` graphs
+(KerasHub `jit_compile=False`, tfbert's trainer with `trainer.jit_compile=false`).
+The table says what each row ran.
+
+Precision: fp32, or bf16 (Keras `mixed_bfloat16` dtype policy for tfbert and KerasHub,
+tf_keras `mixed_bfloat16` global policy for Model Garden: bf16 matmuls, fp32 weights).
+On a CPU without native bf16 instructions bf16 is emulated and slower than fp32.
+
+Each implementation runs in its own process (this script re-run with a hidden
+--worker flag, printing one JSON line), one after the other, so memory, threads and XLA
+state never leak between them. The first --warmup steps (graph tracing and XLA
+compilation) are untimed and reported separately; the table gives the median of the
+--steps timed steps.
+
+Model FLOPs per step (the work of the model, the same for every implementation, so the
+utilisation compares like with like). With L layers, hidden H, intermediate I,
+sequence S, P masked positions, vocabulary V and batch B, a forward pass of one
+sequence does these matmuls (2 FLOPs per multiply-add):
+
+    encoder dense   2 * S * L * (4 * H^2 + 2 * H * I)   QKV, attention output, FFN in/out
+    attention       4 * L * S^2 * H                      Q K^T and probabilities @ V
+    pooler + NSP    2 * (H^2 + 2 * H)                    on the [CLS] token only
+    MLM head        2 * P * (H^2 + H * V)                on the P gathered positions only
+
+and training costs three forward passes (the backward pass computes gradients with
+respect to activations and to weights, two matmuls of the same size per forward one):
+
+    FLOPs/step = B * (6 * [S * L * (4H^2 + 2HI) + H^2 + 2H + P * (H^2 + HV)]
+                      + 12 * L * S^2 * H)
+
+i.e. 6 x (parameters in matmuls) x (tokens through them) plus the attention matmuls.
+Embedding lookups, softmax, LayerNorm, GELU, dropout and the optimizer are not counted
+(they are memory-bound, not FLOPs). KerasHub, without NSP, computes 6 * B * (H^2 + 2H)
+fewer FLOPs than counted here: under 0.01% at any size.
+
+The utilisation divides FLOPs/step / (median seconds/step) by this machine's MEASURED
+matmul peak in the same precision: the best of several runs of a --peak_n square
+`tf.linalg.matmul` (chained inside one `tf.function(jit_compile=True)`, so launch
+overhead does not count), in its own process. On NVIDIA Ampere and newer GPUs
+TensorFlow runs float32 matmuls as TF32 by default, in the models and in the peak alike.
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from common import (  # noqa: E402
+    REPO_ROOT,
+    Report,
+    load_note,
+    percentile,
+    pin_cores,
+    run_json_worker,
+)
+
+IMPLEMENTATIONS = ("tfbert", "keras_hub", "model_garden")
+NAMES = {
+    "tfbert": "tfbert BertPretrainer (trainer step)",
+    "keras_hub": "KerasHub BertMaskedLM (no NSP)",
+    "model_garden": "Model Garden BertPretrainerV2",
+}
+SHORT = {"tfbert": "tfbert", "keras_hub": "KerasHub", "model_garden": "Model Garden"}
+PRECISIONS = ("fp32", "bf16")
+XLA_MODES = ("grads", "step", "off")
+SEED = 0
+
+
+def parse_args(argv=None):
+    sizes = sorted(name[:-5] for name in os.listdir(os.path.join(REPO_ROOT, "configs", "models"))
+                   if name.endswith(".json"))
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="The defaults fit a 2-core CPU in about 4-6 minutes (mini only, few steps). "
+               "base is slow there: measured 80 s to compile and 16 s per batch-8 step for "
+               "tfbert fp32 alone, so --sizes base takes ~20 minutes for all six rows. On "
+               "real hardware: --sizes mini,small,base --batch_size 64 --steps 50.",
+    )
+    parser.add_argument("--sizes", default="mini",
+                        help=f"comma-separated model sizes (configs/models): {', '.join(sizes)}")
+    parser.add_argument("--precisions", default="fp32,bf16",
+                        help="comma-separated: fp32, bf16 (mixed_bfloat16)")
+    parser.add_argument("--implementations", default=",".join(IMPLEMENTATIONS),
+                        help=f"comma-separated: {', '.join(IMPLEMENTATIONS)}")
+    parser.add_argument("--batch_size", type=int, default=8, help="sequences per step")
+    parser.add_argument("--seq_length", type=int, default=128)
+    parser.add_argument("--max_predictions", type=int, default=20,
+                        help="masked positions per sequence")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed steps first (the first one traces and compiles)")
+    parser.add_argument("--xla", choices=XLA_MODES, default="grads",
+                        help="grads: XLA forward+backward, optimizer outside (the tfbert "
+                             "trainer's split); step: the whole step in XLA; off: no XLA")
+    parser.add_argument("--peak_n", type=int, default=2048,
+                        help="size of the square matmul that measures the FLOP/s peak")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every implementation this many times, alternating, and "
+                             "keep each one's fastest round (steadier on a shared machine)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="CPU cores every implementation may use (default: all)")
+    parser.add_argument("--worker_timeout", type=float, default=1800,
+                        help="seconds one implementation's process may run")
+    # Internal: one implementation (or the matmul peak) in this process; prints JSON.
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--size", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.sizes = [s for s in args.sizes.split(",") if s]
+    args.precisions = [p for p in args.precisions.split(",") if p]
+    args.implementations = [i for i in args.implementations.split(",") if i]
+    for what, values, valid in (("--sizes", args.sizes, sizes),
+                                ("--precisions", args.precisions, PRECISIONS),
+                                ("--implementations", args.implementations, IMPLEMENTATIONS)):
+        unknown = [v for v in values if v not in valid]
+        if unknown or not values:
+            parser.error(f"{what}: unknown or empty {', '.join(unknown)!r}; "
+                         f"valid: {', '.join(valid)}")
+    for flag in ("batch_size", "seq_length", "max_predictions", "steps", "peak_n", "rounds"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be >= 1")
+    if args.max_predictions > args.seq_length - 1:
+        parser.error("--max_predictions must be below --seq_length")
+    return args
+
+
+def model_config(size):
+    """The encoder shape of configs/models/<size>.json (bert_config.json fields)."""
+    with open(os.path.join(REPO_ROOT, "configs", "models", f"{size}.json"),
+              encoding="utf-8") as f:
+        config = json.load(f)
+    return dict(layers=config["num_hidden_layers"], hidden=config["hidden_size"],
+                heads=config["num_attention_heads"], intermediate=config["intermediate_size"],
+                vocab=config["vocab_size"], max_positions=config["max_position_embeddings"],
+                type_vocab=config["type_vocab_size"])
+
+
+def model_flops(size, batch, seq, predictions):
+    """Matmul FLOPs of one training step (forward + backward); see the module docstring."""
+    c = model_config(size)
+    L, H, V = c["layers"], c["hidden"], c["vocab"]
+    inner = c["intermediate"]  # I in the docstring
+    S, P = seq, predictions
+    dense = S * L * (4 * H * H + 2 * H * inner) + H * H + 2 * H + P * (H * H + H * V)
+    return batch * (6 * dense + 12 * L * S * S * H)
+
+
+# ------------------------------------------------------------------------------ workers
+
+
+def synthetic_batch(args):
+    """One fixed batch, numpy: the model inputs and the labels (google-research/bert names).
+
+    B=batch, S=seq_length, P=max_predictions. Full-length sequences (pretraining records
+    at seq 128 are nearly all full), segment A then B, P distinct masked positions per
+    sequence (never [CLS]), all predictions real (weight 1).
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(SEED)
+    B, S, P = args.batch_size, args.seq_length, args.max_predictions
+    vocab = model_config(args.size)["vocab"]
+    word_ids = rng.integers(1000, vocab, (B, S)).astype("int32")          # [B, S]
+    type_ids = (np.arange(S)[None, :] >= S // 2).repeat(B, 0).astype("int32")  # [B, S]
+    positions = np.sort(np.stack([rng.permutation(np.arange(1, S))[:P] for _ in range(B)]),
+                        axis=1).astype("int32")                            # [B, P]
+    inputs = {"input_word_ids": word_ids, "input_mask": np.ones((B, S), "int32"),
+              "input_type_ids": type_ids, "masked_lm_positions": positions}
+    labels = {"masked_lm_ids": rng.integers(1000, vocab, (B, P)).astype("int32"),
+              "masked_lm_weights": np.ones((B, P), "float32"),
+              "next_sentence_labels": rng.integers(0, 2, (B, 1)).astype("int32")}
+    return inputs, labels
+
+
+def time_steps(run_step, args):
+    """Calls `run_step()` (which blocks until the step is done) warmup + steps times.
+
+    Returns the seconds of the warmup calls and of the timed ones. Not common.timed:
+    the warmup calls are timed too (compile time is reported, apart).
+    """
+    warmup = []
+    for _ in range(args.warmup):
+        started = time.perf_counter()
+        run_step()
+        warmup.append(time.perf_counter() - started)
+    steps = []
+    for _ in range(args.steps):
+        started = time.perf_counter()
+        run_step()
+        steps.append(time.perf_counter() - started)
+    return warmup, steps
+
+
+def split_xla_step(tf, grads_fn, apply_fn, xla):
+    """The step as `grads_fn(inputs, labels) -> (loss, grads)` then `apply_fn(grads)`.
+
+    xla=grads: forward+backward in one XLA cluster, the update outside; step: everything
+    in one XLA cluster; off: plain graphs.
+    """
+    if xla == "step":
+        @tf.function(jit_compile=True)
+        def step(inputs, labels):
+            loss, grads = grads_fn(inputs, labels)
+            apply_fn(grads)
+            return loss
+        return step
+    compute = tf.function(grads_fn, jit_compile=(xla == "grads"))
+
+    @tf.function
+    def step(inputs, labels):
+        loss, grads = compute(inputs, labels)
+        apply_fn(grads)
+        return loss
+    return step
+
+
+def apply(optimizer, grads, variables):
+    """The optimizer update, skipping variables the loss does not reach (as the trainer
+    does), e.g. a pooler no head reads."""
+    optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
+
+
+def worker_tfbert(args):
+    import tensorflow as tf
+
+    from tfbert.config import DataSection, ExperimentConfig, ModelSection, TrainerSection
+    from tfbert.train.strategies import make_strategy
+    from tfbert.train.trainer import Trainer
+
+    inputs, labels = synthetic_batch(args)
+    config = ExperimentConfig(
+        task="pretraining",
+        model=ModelSection(preset=args.size,
+                           dtype="mixed_bfloat16" if args.precision == "bf16" else "float32"),
+        data=DataSection(max_seq_length=args.seq_length,
+                         max_predictions_per_seq=args.max_predictions),
+        trainer=TrainerSection(global_batch_size=args.batch_size, learning_rate=1e-4,
+                               weight_decay=0.01, clip_norm=1.0, train_steps=10**6,
+                               jit_compile=args.xla != "off", seed=SEED),
+    )
+    trainer = Trainer(config, make_strategy("one_device"),
+                      tempfile.mkdtemp(prefix="tfbert-bench-pretrain-"))
+    if args.xla == "step":
+        # Not the trainer's split: tfbert's model, task loss and optimizer in one XLA
+        # cluster, to compare with the peers' whole-step compilation.
+        task, model, optimizer = trainer.task, trainer.model, trainer.optimizer
+        variables = model.trainable_variables
+        tensors = ({k: tf.constant(v) for k, v in inputs.items()},
+                   {k: tf.constant(v) for k, v in labels.items()})
+
+        def grads_fn(x, y):
+            with tf.GradientTape() as tape:
+                loss, _ = task.step(model, x, y, task.denominators(y), training=True)
+            grads = tape.gradient(loss, variables)
+            # clip_by_global_norm passes a None (no gradient) through as None.
+            return loss, tf.clip_by_global_norm(grads, config.trainer.clip_norm)[0]
+
+        step = split_xla_step(tf, grads_fn, lambda g: apply(optimizer, g, variables), "step")
+        run = lambda: float(step(*tensors))  # noqa: E731
+        what = "whole step (own tf.function; the trainer splits it)"
+    else:
+        # The trainer's compiled loop, one step per call, fed the same batch from memory.
+        # Its input pipeline is replaced because the step, not tf.data, is measured here.
+        dataset = tf.data.Dataset.from_tensors((inputs, labels)).repeat()
+        trainer.task.dataset = lambda input_context, training: dataset
+        iterator = iter(trainer._distributed_dataset(training=True))
+        loop = trainer._build_train_loop()
+        one = tf.constant(1)
+        run = lambda: float(loop(iterator, one)["mlm_loss_sum"])  # noqa: E731
+        what = ("fwd+bwd; AdamW outside (trainer loop)" if args.xla == "grads"
+                else "off (trainer loop, jit_compile=false)")
+    params = sum(int(tf.size(v)) for v in trainer.model.trainable_variables)
+    warmup, steps = time_steps(run, args)
+    return {"warmup": warmup, "steps": steps, "xla": what, "params": params,
+            "versions": f"tensorflow {tf.__version__}, keras {__import__('keras').__version__}"}
+
+
+def worker_keras_hub(args):
+    try:
+        import keras
+        import keras_hub
+    except ImportError as e:
+        return {"skip": f"not run: keras_hub cannot be imported ({e})"}
+    import tensorflow as tf
+
+    c = model_config(args.size)
+    dtype = "mixed_bfloat16" if args.precision == "bf16" else "float32"
+    keras.utils.set_random_seed(SEED)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=c["vocab"], num_layers=c["layers"], num_heads=c["heads"],
+        hidden_dim=c["hidden"], intermediate_dim=c["intermediate"], dropout=0.1,
+        max_sequence_length=c["max_positions"], num_segments=c["type_vocab"], dtype=dtype)
+    model = keras_hub.models.BertMaskedLM(backbone, preprocessor=None)
+    optimizer = keras.optimizers.AdamW(1e-4, weight_decay=0.01, epsilon=1e-6,
+                                       global_clipnorm=1.0)
+    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    inputs, labels = synthetic_batch(args)
+    x = {"token_ids": tf.constant(inputs["input_word_ids"]),
+         "padding_mask": tf.constant(inputs["input_mask"]),
+         "segment_ids": tf.constant(inputs["input_type_ids"]),
+         "mask_positions": tf.constant(inputs["masked_lm_positions"])}
+    y = tf.constant(labels["masked_lm_ids"])
+    w = tf.constant(labels["masked_lm_weights"])
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if args.xla in ("step", "off"):
+        # KerasHub's own path: Task.compile (its MLM loss and weighted accuracy) and
+        # Keras' compiled train function.
+        model.compile(optimizer=optimizer, loss=loss_fn, jit_compile=args.xla == "step")
+        run = lambda: float(  # noqa: E731
+            model.train_on_batch(x, y, sample_weight=w, return_dict=True)["loss"])
+        what = ("whole step (compile(jit_compile=True), train_on_batch)"
+                if args.xla == "step" else "off (compile(jit_compile=False), train_on_batch)")
+    else:
+        model.build({k: v.shape for k, v in x.items()})
+        optimizer.build(model.trainable_variables)
+        # The pooler feeds nothing here (no NSP head): it gets no gradient.
+        variables = model.trainable_variables
+
+        def grads_fn(features, targets):
+            with tf.GradientTape() as tape:
+                logits = model(features, training=True)
+                loss = loss_fn(targets[0], logits, sample_weight=targets[1])
+            return loss, tape.gradient(loss, variables)
+
+        step = split_xla_step(tf, grads_fn, lambda g: apply(optimizer, g, variables), "grads")
+        run = lambda: float(step(x, (y, w)))  # noqa: E731
+        what = "fwd+bwd; AdamW outside"
+    params = sum(int(tf.size(v)) for v in model.trainable_variables)
+    warmup, steps = time_steps(run, args)
+    return {"warmup": warmup, "steps": steps, "xla": what, "params": params,
+            "versions": f"keras-hub {keras_hub.__version__}"}
+
+
+def worker_model_garden(args):
+    try:
+        import tf_keras
+        from official.nlp.modeling import layers, models, networks
+    except ImportError as e:
+        return {"skip": f"not run: tf-models-official / tf_keras cannot be imported ({e})"}
+    import tensorflow as tf
+
+    if args.precision == "bf16":
+        tf_keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    tf.random.set_seed(SEED)
+    c = model_config(args.size)
+    encoder = networks.BertEncoder(
+        vocab_size=c["vocab"], hidden_size=c["hidden"], num_layers=c["layers"],
+        num_attention_heads=c["heads"], inner_dim=c["intermediate"],
+        max_sequence_length=c["max_positions"], type_vocab_size=c["type_vocab"],
+        dropout_rate=0.1, attention_dropout_rate=0.1)
+    nsp_head = layers.ClassificationHead(inner_dim=c["hidden"], num_classes=2,
+                                         dropout_rate=0.1, name="next_sentence")
+    model = models.BertPretrainerV2(encoder, mlm_activation=tf_keras.activations.gelu,
+                                    classification_heads=[nsp_head])
+    # tf_keras' optimizers XLA-compile their per-variable update by default; off means off.
+    optimizer = tf_keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.01,
+                                          epsilon=1e-6, global_clipnorm=1.0,
+                                          jit_compile=args.xla != "off")
+    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    inputs, labels = synthetic_batch(args)
+    x = {k: tf.constant(v) for k, v in inputs.items()}
+    y = {k: tf.constant(v) for k, v in labels.items()}
+    model(x)
+    variables = model.trainable_variables
+    optimizer.build(variables)
+
+    def grads_fn(features, targets):
+        with tf.GradientTape() as tape:
+            out = model(features, training=True)
+            weights = targets["masked_lm_weights"]
+            mlm = tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=targets["masked_lm_ids"], logits=tf.cast(out["mlm_logits"], tf.float32))
+            loss = tf.reduce_sum(mlm * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+            nsp = tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=tf.reshape(targets["next_sentence_labels"], [-1]),
+                logits=tf.cast(out["next_sentence"], tf.float32))
+            loss += tf.reduce_mean(nsp)
+        # The encoder's own pooler gets no gradient (the NSP head pools for itself).
+        return loss, tape.gradient(loss, variables)
+
+    step = split_xla_step(tf, grads_fn, lambda g: apply(optimizer, g, variables), args.xla)
+    run = lambda: float(step(x, y))  # noqa: E731
+    what = {"grads": "fwd+bwd; AdamW outside (tf_keras XLA-compiles its per-variable update)",
+            "step": "whole step",
+            "off": "off (optimizer jit_compile=False too)"}[args.xla]
+    params = sum(int(tf.size(v)) for v in variables)
+    warmup, steps = time_steps(run, args)
+    import official
+
+    return {"warmup": warmup, "steps": steps, "xla": what, "params": params,
+            "versions": f"tf-models-official {getattr(official, '__version__', '2.20')}, "
+                        f"tf_keras {tf_keras.__version__}"}
+
+
+def worker_peak(args):
+    """Best FLOP/s of chained square matmuls in one XLA function, per precision."""
+    import tensorflow as tf
+
+    n = args.peak_n
+    peaks = {}
+    for precision in args.precisions:
+        dtype = tf.bfloat16 if precision == "bf16" else tf.float32
+        a = tf.cast(tf.random.stateless_normal((n, n), (SEED, 1)), dtype)
+        # Scaled so repeated products keep their magnitude (no overflow to inf).
+        b = tf.cast(tf.random.stateless_normal((n, n), (SEED, 2)) / n**0.5, dtype)
+
+        def chain(reps):
+            @tf.function(jit_compile=True)
+            def products(x, w):
+                for _ in range(reps):
+                    x = tf.linalg.matmul(x, w)
+                return tf.reduce_sum(tf.cast(x, tf.float32))  # forces every product
+            return products
+
+        reps, f = 1, chain(1)
+        for _ in range(2):
+            float(f(a, b))
+        started = time.perf_counter()
+        float(f(a, b))
+        once = time.perf_counter() - started
+        if once < 0.1:
+            # A GPU multiplies 2048^2 in microseconds: chain enough to time ~0.2 s.
+            reps = min(200, int(0.2 / max(once, 1e-6)) + 1)
+            f = chain(reps)
+            float(f(a, b))
+        best = min(timed_once(f, a, b) for _ in range(5))
+        peaks[precision] = 2 * n**3 * reps / best
+    return {"peaks": peaks, "n": n,
+            "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU"}
+
+
+def timed_once(f, *a):
+    started = time.perf_counter()
+    float(f(*a))
+    return time.perf_counter() - started
+
+
+WORKERS = {"tfbert": worker_tfbert, "keras_hub": worker_keras_hub,
+           "model_garden": worker_model_garden, "peak": worker_peak}
+
+
+def run_worker(args):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if REPO_ROOT not in sys.path:
+        sys.path.insert(0, REPO_ROOT)
+    result = WORKERS[args.worker](args)
+    print(json.dumps(result), flush=True)
+
+
+# ------------------------------------------------------------------------------ driver
+
+
+def worker_command(args, worker, size=None, precision=None):
+    command = [sys.executable, os.path.abspath(__file__), "--worker", worker,
+               "--precisions", ",".join(args.precisions),
+               "--batch_size", str(args.batch_size), "--seq_length", str(args.seq_length),
+               "--max_predictions", str(args.max_predictions), "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--xla", args.xla, "--peak_n", str(args.peak_n)]
+    if size:
+        command += ["--size", size, "--precision", precision]
+    return command
+
+
+def failure_reason(message):
+    """One table cell from a worker's failure: the last exception line of its output.
+
+    Keras appends the call's arguments after the exception, so the last line alone is
+    often just a tensor's repr.
+    """
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    errors = [i for i, line in enumerate(lines) if re.match(r"^[\w.]*(Error|Exception)\b", line)]
+    if not errors:
+        return "failed: " + (lines[-1] if lines else "?").replace("|", "/")[:200]
+    reason = lines[errors[-1]]
+    if "Exception encountered when calling" in reason and errors[-1] + 1 < len(lines):
+        reason += " " + lines[errors[-1] + 1]  # the layer's own message comes next
+    return "failed: " + reason.replace("|", "/")[:200]
+
+
+def run_one(args, worker, what, size=None, precision=None):
+    """A worker's JSON result, or {"skip": reason} when it failed or timed out."""
+    import subprocess
+
+    print(f"[pretrain_step] {what}", file=sys.stderr, flush=True)
+    try:
+        result, wall, _ = run_json_worker(worker_command(args, worker, size, precision), what,
+                                          timeout=args.worker_timeout)
+    except subprocess.TimeoutExpired:
+        return {"skip": f"stopped after {args.worker_timeout:.0f} s (--worker_timeout)"}
+    except SystemExit as e:
+        return {"skip": failure_reason(e)}
+    result["wall"] = wall
+    return result
+
+
+def rounds_note(rounds):
+    return (f", the fastest of {rounds} alternating rounds" if rounds > 1 else
+            "; one round (--rounds N alternates N rounds and keeps each fastest)")
+
+
+def faster(a, b):
+    """Of two runs of one implementation, the one with the lower median step (a run that
+    did not finish counts only when neither did): on a shared machine, the round the
+    others' load disturbed least."""
+    if a is None or "steps" not in a:
+        return b if (a is None or "steps" in b) else a
+    if "steps" not in b:
+        return a
+    return a if percentile(a["steps"], 50) <= percentile(b["steps"], 50) else b
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        return run_worker(args)
+
+    # Before any worker starts: they inherit the affinity and size their pools from it.
+    pin_cores(args.threads)
+    load = load_note()
+    started = time.time()
+    peak = run_one(args, "peak", "measuring the matmul peak")
+    peaks = peak.get("peaks", {})
+    results = {}
+    for round_ in range(args.rounds):
+        for size in args.sizes:
+            for precision in args.precisions:
+                for impl in args.implementations:
+                    key = size, precision, impl
+                    result = run_one(args, impl, f"round {round_ + 1}: {size} {precision} "
+                                                 f"{impl}", size, precision)
+                    results[key] = faster(results.get(key), result)
+
+    report = Report("pretrain_step", "Pretraining step (MLM + NSP): sequences/s and MFU")
+    report.note(
+        f"Batch {args.batch_size} x seq {args.seq_length}, {args.max_predictions} masked "
+        f"positions per sequence, vocabulary 30,522, dropout 0.1, AdamW + global-norm "
+        f"clipping; --xla {args.xla}; median of {args.steps} timed steps after "
+        f"{args.warmup} untimed (the first compiles; its seconds are the 'first step' "
+        f"column){rounds_note(args.rounds)}. Each implementation ran alone in its own "
+        f"process, one after another, pinned to the same {args.threads} core(s); {load}.")
+    if peaks:
+        report.note("Measured matmul peak (best of 5, " f"{peak['n']}^3 chained in one XLA "
+                    f"function, {peak['device']}): "
+                    + ", ".join(f"{p} {v / 1e9:,.1f} GFLOP/s" for p, v in peaks.items()) + ".")
+    else:
+        report.note(f"Matmul peak not measured ({peak.get('skip', 'unknown')}): no MFU.")
+
+    header = ["size", "precision", "implementation", "XLA", "first step s", "ms/step",
+              "sequences/s", "GFLOP/step", "MFU", "vs tfbert"]
+    rows, ratio_rows = [], []
+    labels, groups = [], {SHORT[i]: [] for i in args.implementations}
+    versions = {}
+    for size in args.sizes:
+        for precision in args.precisions:
+            flops = model_flops(size, args.batch_size, args.seq_length, args.max_predictions)
+            rates = {}
+            for impl in args.implementations:
+                r = results[size, precision, impl]
+                if "steps" in r:
+                    seconds = percentile(r["steps"], 50)
+                    rates[impl] = args.batch_size / seconds
+                    versions[impl] = r.get("versions", "")
+            labels.append(f"{size} {precision}")
+            ours = rates.get("tfbert")
+            for impl in args.implementations:
+                r = results[size, precision, impl]
+                groups[SHORT[impl]].append(rates.get(impl))
+                if impl not in rates:
+                    rows.append([size, precision, NAMES[impl], r.get("skip", "not run"),
+                                 "", "", "", "", "", ""])
+                    continue
+                seconds = args.batch_size / rates[impl]
+                mfu = (f"{flops / seconds / peaks[precision] * 100:.1f}%"
+                       if precision in peaks else "n/a")
+                vs = f"{rates[impl] / ours:.2f}x" if ours else "n/a"
+                rows.append([size, precision, NAMES[impl], r["xla"],
+                             f"{sum(r['warmup'][:1]):.1f}", f"{seconds * 1000:.0f}",
+                             f"{rates[impl]:.2f}", f"{flops / 1e9:.1f}", mfu, vs])
+            peers = {i: v for i, v in rates.items() if i != "tfbert"}
+            if ours and peers:
+                best = max(peers, key=peers.get)
+                ratio_rows.append([size, precision, NAMES[best],
+                                   f"{ours / peers[best]:.2f}x"])
+            else:
+                ratio_rows.append([size, precision, "-", "n/a (a side did not run)"])
+    report.table(header, rows)
+    report.note("tfbert / fastest peer (sequences/s; > 1: tfbert faster):")
+    report.table(["size", "precision", "fastest peer", "tfbert / fastest peer"], ratio_rows)
+    report.note(
+        "Notes: KerasHub has no NSP head, so its step does less (MLM only; pooler + NSP "
+        "are 6H^2 + 12H of the FLOPs counted per sequence). Model FLOPs per step follow the "
+        "formula in this script's docstring (6 x matmul parameters x tokens + 12 L S^2 H "
+        "per sequence, the MLM head on the masked positions only) and are the same for "
+        "every row. MFU = model FLOPs / step time / the measured peak of that precision."
+        + (" On this CPU bf16 has no native matmul instructions, so bf16 rows are "
+           "emulated; compare them with each other, not with fp32."
+           if peak.get("device") == "CPU" and "bf16" in args.precisions else "")
+        + " Versions: " + "; ".join(f"{SHORT[k]}: {v}"
+                                    for k, v in versions.items() if v) + ".")
+    report.note(f"Total wall time {time.time() - started:.0f} s.")
+    report.bar_chart(labels, None, "sequences/s", groups=groups)
+    report.write()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
