@@ -9,6 +9,7 @@ benchmarks/results/<name>.md and draws benchmarks/results/<name>.png.
 import json
 import os
 import platform
+import re
 import resource
 import shlex
 import subprocess
@@ -293,3 +294,33 @@ def pin_cores(threads):
     os.environ["TOKENIZERS_PARALLELISM"] = "true"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     return cores[:threads]
+
+
+# === Step benchmarks (pretrain_step, finetune_step) ===
+
+
+def failure_reason(message):
+    """One table cell from a worker's failure: the last exception line of its output.
+
+    Keras appends the call's arguments after the exception, so the last line alone is
+    often just a tensor's repr.
+    """
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    errors = [i for i, line in enumerate(lines) if re.match(r"^[\w.]*(Error|Exception)\b", line)]
+    if not errors:
+        return "failed: " + (lines[-1] if lines else "?").replace("|", "/")[:200]
+    reason = lines[errors[-1]]
+    if "Exception encountered when calling" in reason and errors[-1] + 1 < len(lines):
+        reason += " " + lines[errors[-1] + 1]  # the layer's own message comes next
+    return "failed: " + reason.replace("|", "/")[:200]
+
+
+def faster(a, b):
+    """Of two runs of one implementation, the one with the lower median step (a run that
+    did not finish counts only when neither did): on a shared machine, the round the
+    others' load disturbed least."""
+    if a is None or "steps" not in a:
+        return b if (a is None or "steps" in b) else a
+    if "steps" not in b:
+        return a
+    return a if percentile(a["steps"], 50) <= percentile(b["steps"], 50) else b

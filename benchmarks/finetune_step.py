@@ -37,7 +37,6 @@ the table gives the median of --steps timed steps.
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -48,6 +47,8 @@ sys.path.insert(0, HERE)
 from common import (  # noqa: E402
     DEFAULT_TORCH_PYTHON,
     Report,
+    failure_reason,
+    faster,
     load_note,
     minilm_dir,
     percentile,
@@ -284,31 +285,6 @@ def run_worker(args):
 # ------------------------------------------------------------------------------ driver
 
 
-def failure_reason(message):
-    """One table cell from a worker's failure: the last exception line of its output.
-
-    Keras appends the call's arguments after the exception, so the last line alone is
-    often just a tensor's repr.
-    """
-    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
-    errors = [i for i, line in enumerate(lines) if re.match(r"^[\w.]*(Error|Exception)\b", line)]
-    if not errors:
-        return "failed: " + (lines[-1] if lines else "?").replace("|", "/")[:200]
-    reason = lines[errors[-1]]
-    if "Exception encountered when calling" in reason and errors[-1] + 1 < len(lines):
-        reason += " " + lines[errors[-1] + 1]  # the layer's own message comes next
-    return "failed: " + reason.replace("|", "/")[:200]
-
-
-def faster(a, b):
-    """Of two runs of one implementation, the one with the lower median step (a run that
-    did not finish counts only when neither did): on a shared machine, the round the
-    others' load disturbed least."""
-    if a is None or "steps" not in a:
-        return b if (a is None or "steps" in b) else a
-    if "steps" not in b:
-        return a
-    return a if percentile(a["steps"], 50) <= percentile(b["steps"], 50) else b
 
 
 def run_one(args, run, job_path, round_):

@@ -76,7 +76,6 @@ TensorFlow runs float32 matmuls as TF32 by default, in the models and in the pea
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -87,6 +86,8 @@ sys.path.insert(0, HERE)
 from common import (  # noqa: E402
     REPO_ROOT,
     Report,
+    failure_reason,
+    faster,
     load_note,
     percentile,
     pin_cores,
@@ -501,22 +502,6 @@ def worker_command(args, worker, size=None, precision=None):
     return command
 
 
-def failure_reason(message):
-    """One table cell from a worker's failure: the last exception line of its output.
-
-    Keras appends the call's arguments after the exception, so the last line alone is
-    often just a tensor's repr.
-    """
-    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
-    errors = [i for i, line in enumerate(lines) if re.match(r"^[\w.]*(Error|Exception)\b", line)]
-    if not errors:
-        return "failed: " + (lines[-1] if lines else "?").replace("|", "/")[:200]
-    reason = lines[errors[-1]]
-    if "Exception encountered when calling" in reason and errors[-1] + 1 < len(lines):
-        reason += " " + lines[errors[-1] + 1]  # the layer's own message comes next
-    return "failed: " + reason.replace("|", "/")[:200]
-
-
 def run_one(args, worker, what, size=None, precision=None):
     """A worker's JSON result, or {"skip": reason} when it failed or timed out."""
     import subprocess
@@ -538,15 +523,6 @@ def rounds_note(rounds):
             "; one round (--rounds N alternates N rounds and keeps each fastest)")
 
 
-def faster(a, b):
-    """Of two runs of one implementation, the one with the lower median step (a run that
-    did not finish counts only when neither did): on a shared machine, the round the
-    others' load disturbed least."""
-    if a is None or "steps" not in a:
-        return b if (a is None or "steps" in b) else a
-    if "steps" not in b:
-        return a
-    return a if percentile(a["steps"], 50) <= percentile(b["steps"], 50) else b
 
 
 def main(argv=None):
