@@ -599,6 +599,12 @@ def main(argv=None):
                                    f"{ours / peers[best]:.2f}x"])
             else:
                 ratio_rows.append([size, precision, "-", "n/a (a side did not run)"])
+            report.target(f"pretraining step, {size} {precision}: tfbert / fastest peer",
+                          ours / max(peers.values()) if ours and peers else None, 1.3)
+            if size == "base" and ours and precision in peaks:
+                report.target(f"MFU, base {precision}",
+                              100 * flops * ours / args.batch_size / peaks[precision], 50,
+                              unit="%")
     report.table(header, rows)
     report.note("tfbert / fastest peer (sequences/s; > 1: tfbert faster):")
     report.table(["size", "precision", "fastest peer", "tfbert / fastest peer"], ratio_rows)
