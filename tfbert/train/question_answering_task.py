@@ -27,7 +27,7 @@ from tfbert.data import squad
 from tfbert.fileio import write_text_atomic
 from tfbert.models import presets
 from tfbert.train import qa_postprocess
-from tfbert.train.tasks import correct, sparse_ce
+from tfbert.train.tasks import correct, make_preprocessor, sparse_ce
 
 FORMATS = ("squad", "tfds")
 # The label that marks real windows (1) and evaluation padding (0).
@@ -90,18 +90,7 @@ class QuestionAnsweringTask:
     def preprocessor(self):
         """The model directory's tokenizer, or data.vocab_file's for a size name."""
         if self._preprocessor is None:
-            from tfbert.text import BertPreprocessor
-
-            data = self.config.data
-            preset = self.config.model.preset
-            if os.path.isdir(preset):
-                self._preprocessor = BertPreprocessor.from_preset(
-                    preset, seq_length=data.max_seq_length)
-            else:
-                if not data.vocab_file:
-                    raise ValueError("data.vocab_file is required when model.preset is a size name")
-                self._preprocessor = BertPreprocessor(
-                    data.vocab_file, seq_length=data.max_seq_length, lowercase=data.lowercase)
+            self._preprocessor = make_preprocessor(self.config)
         return self._preprocessor
 
     def examples(self, training):

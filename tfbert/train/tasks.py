@@ -17,6 +17,22 @@ from tfbert import features
 from tfbert.models import presets
 
 
+def make_preprocessor(config):
+    """The tokenizer of a task: the model directory's, or data.vocab_file's for a size name."""
+    from tfbert.text import BertPreprocessor
+
+    data = config.data
+    preset = config.model.preset
+    if os.path.isdir(preset):
+        return BertPreprocessor.from_preset(preset, seq_length=data.max_seq_length)
+    if not data.vocab_file:
+        raise ValueError("data.vocab_file is required when model.preset is a size name")
+    if not os.path.isfile(data.vocab_file):
+        raise FileNotFoundError(f"data.vocab_file {data.vocab_file}: no such file")
+    return BertPreprocessor(data.vocab_file, seq_length=data.max_seq_length,
+                            lowercase=data.lowercase)
+
+
 def sparse_ce(labels, logits):
     return tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32)

@@ -25,7 +25,7 @@ import tensorflow as tf
 from tfbert.data import ner
 from tfbert.models import presets
 from tfbert.train import ner_metrics
-from tfbert.train.tasks import correct, sparse_ce
+from tfbert.train.tasks import correct, make_preprocessor, sparse_ce
 
 FORMATS = ("conll", "tfds")
 TASK_NAME = "token_classification"
@@ -105,20 +105,7 @@ class TokenClassificationTask:
     @property
     def preprocessor(self):
         if self._preprocessor is None:
-            from tfbert.text import BertPreprocessor
-
-            data = self.config.data
-            preset = self.config.model.preset
-            if os.path.isdir(preset):
-                self._preprocessor = BertPreprocessor.from_preset(
-                    preset, seq_length=data.max_seq_length)
-            else:
-                if not data.vocab_file:
-                    raise ValueError("data.vocab_file is required when model.preset is a size name")
-                if not os.path.isfile(data.vocab_file):
-                    raise FileNotFoundError(f"data.vocab_file {data.vocab_file}: no such file")
-                self._preprocessor = BertPreprocessor(
-                    data.vocab_file, seq_length=data.max_seq_length, lowercase=data.lowercase)
+            self._preprocessor = make_preprocessor(self.config)
         return self._preprocessor
 
     def num_eval_steps(self):
