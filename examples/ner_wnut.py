@@ -27,14 +27,12 @@ through Hugging Face transformers for comparison. Needs
 import argparse
 import math
 import os
-import random
 import warnings
 
 # Set before TensorFlow loads (tfbert sets it too, but keras may load TF first): hides
 # TensorFlow's C++ INFO and WARNING lines.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-SPLIT_SEED = 12345
 DEFAULT_SENTENCES = [
     "Going to the Empire State Building with Barack Obama tomorrow",
     "Just watched the new Star Wars movie in London",
@@ -74,23 +72,6 @@ def wnut_file():
     return os.path.join(os.path.dirname(spec.origin), "data", "ner.txt")
 
 
-def split(examples):
-    """The fixed 80/10/10 split (train, dev, test) of benchmarks/finetune_ner.py."""
-    from tfbert.data.ner import NerExamples
-
-    order = list(range(len(examples)))
-    random.Random(SPLIT_SEED).shuffle(order)
-    n_train, n_dev = int(0.8 * len(order)), int(0.1 * len(order))
-    parts = (order[:n_train], order[n_train:n_train + n_dev], order[n_train + n_dev:])
-
-    def subset(indices):
-        return NerExamples([examples.words[i] for i in indices],
-                           [examples.tags[i] for i in indices],
-                           [examples.origins[i] for i in indices])
-
-    return tuple(subset(indices) for indices in parts)
-
-
 def import_minilm(output_dir):
     import importlib.util
 
@@ -107,14 +88,6 @@ def import_minilm(output_dir):
     return model_dir
 
 
-def first(examples, limit):
-    from tfbert.data.ner import NerExamples
-
-    if not limit:
-        return examples
-    return NerExamples(examples.words[:limit], examples.tags[:limit], examples.origins[:limit])
-
-
 def main(argv=None):
     args = parse_args(argv)
     import keras
@@ -129,8 +102,10 @@ def main(argv=None):
     examples = ner.read_conll(args.conll_file or wnut_file())
     # Every tag of the file, "O" first: the test tweets hold no tag the model lacks.
     labels = ner.collect_label_names(examples)
-    train, _, test = split(examples)
-    train, test = first(train, args.train_sentences), first(test, args.test_sentences)
+    # The fixed 80/10/10 split of benchmarks/finetune_ner.py (random.Random(12345)).
+    train, _, test = ner.split_examples(examples)
+    train = train[:args.train_sentences or None]
+    test = test[:args.test_sentences or None]
     print(f"{len(train)} training and {len(test)} test sentences; "
           f"{len(labels)} tags: {' '.join(labels)}")
 
@@ -138,9 +113,6 @@ def main(argv=None):
     encoder = tfbert.BertEncoder.from_preset(model_dir)
     preprocessor = tfbert.BertPreprocessor.from_preset(model_dir, seq_length=args.seq_length)
     model = tfbert.BertTokenClassifier(encoder, num_classes=len(labels))
-    # Token labels never reach the pooler (it reads [CLS] for sentence tasks); freezing it
-    # keeps Keras from warning that its weights get no gradient.
-    encoder.pooler.trainable = False
 
     steps = args.epochs * math.ceil(len(train) / args.batch_size)
     optimizer = AdamW(

@@ -165,12 +165,8 @@ def main(argv=None):
           f"answer in {len(predict_windows)} windows ({predict_file})")
 
     model = tfbert.BertQuestionAnswerer(encoder)
-    # The span head reads the sequence output only; the pooler gets no gradient.
-    encoder.pooler.trainable = False
-    # drop_remainder=False: make_dataset(training=True) drops the last partial batch, which
-    # on a file smaller than one batch would leave nothing to train on.
     train_ds = squad.make_dataset(train_windows, args.batch_size, training=True,
-                                  drop_remainder=False, seed=args.seed)
+                                  seed=args.seed)
     steps = args.epochs * -(-len(train_windows) // args.batch_size)
     optimizer = AdamW(
         WarmupDecay(args.learning_rate, decay_steps=steps, warmup_steps=steps // 10),

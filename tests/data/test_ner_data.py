@@ -78,6 +78,28 @@ def test_real_wnut16_file():
     assert examples.words[0][:3] == ["@paulwalk", "It", "'s"]
 
 
+def test_fixed_split_and_slices_keep_sentences_and_origins():
+    examples = ner.read_conll(helpers.wnut_conll())
+    train, dev, test = ner.split_examples(examples)
+    # The 80/10/10 split of benchmarks/finetune_ner.py and examples/ner_wnut.py.
+    assert (len(train), len(dev), len(test)) == (1915, 239, 240)
+    everything = sorted(map(tuple, train.words + dev.words + test.words))
+    assert everything == sorted(map(tuple, examples.words))
+    # Same seed, same split; another seed, another one.
+    assert ner.split_examples(examples)[2].words == test.words
+    assert ner.split_examples(examples, seed=1)[2].words != test.words
+    # Origins still name each sentence's file and line.
+    i = examples.words.index(test.words[0])
+    assert test.origins[0] == examples.origins[i] and test.tags[0] == examples.tags[i]
+    head = train[:10]
+    assert len(head) == 10 and head.words == train.words[:10]
+    assert head.origins == train.origins[:10]
+    with pytest.raises(TypeError, match="takes slices"):
+        train[3]
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        ner.split_examples(examples, (0.8, 0.3))
+
+
 @pytest.mark.parametrize("line, reason", [
     ("lonely\n", "malformed CoNLL line 'lonely'"),                       # one column
     ("this is garbage\n", "'garbage' is not a tag"),                      # tab-less prose

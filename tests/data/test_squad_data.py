@@ -346,3 +346,10 @@ def test_dataset_yields_model_inputs_and_position_labels(v1_features):
     shuffled = squad.make_dataset(v1_features, 16, training=True, seed=1)
     starts = np.concatenate([b[1]["start_logits"] for b in shuffled.as_numpy_iterator()])
     assert len(starts) == 80 and sorted(starts) == sorted(v1_features.start_positions)
+    # model.fit's epoch over fewer windows than a batch still trains on all of them.
+    small = list(squad.make_dataset(v1_features, 100, training=True, seed=1).as_numpy_iterator())
+    assert [len(b[1]["start_logits"]) for b in small] == [80]
+    # A repeated stream has full batches only, with a static batch size.
+    repeated = squad.make_dataset(v1_features, 48, training=True, repeat=True, seed=1)
+    assert repeated.element_spec[0]["input_word_ids"].shape.as_list() == [48, SEQ]
+    assert [len(b[1]["start_logits"]) for b in repeated.take(3).as_numpy_iterator()] == [48] * 3

@@ -230,3 +230,60 @@ def test_size_presets_match_google_small_berts(size, layers, hidden):
     assert (encoder.num_layers, encoder.hidden_dim, encoder.num_heads) == (layers, hidden, hidden // 64)
     assert encoder.vocabulary_size == 30522
     assert encoder.intermediate_dim == 4 * hidden
+
+
+def test_task_json_entries_are_checked_kept_and_read_back(tmp_path):
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"tok{i}" for i in range(92)]
+    clf = tfbert.BertClassifier(tiny_encoder(), num_classes=2)
+    # A misspelt entry would land in task.json where nothing reads it.
+    with pytest.raises(ValueError, match="unknown task.json entry label_name; valid: label_names"):
+        clf.save_to_preset(str(tmp_path / "typo"), vocabulary=vocab, label_name=["n", "p"])
+    assert not (tmp_path / "typo").exists()
+
+    clf.save_to_preset(str(tmp_path / "clf"), vocabulary=vocab, label_names=["neg", "pos"],
+                       seq_length=20)
+    loaded = tfbert.BertClassifier.from_preset(str(tmp_path / "clf"))
+    assert loaded.task_info == {"label_names": ["neg", "pos"], "seq_length": 20}
+    # Saved again without them, a loaded model keeps its label names and length; a new
+    # value replaces the old one.
+    loaded.save_to_preset(str(tmp_path / "again"), vocabulary=vocab, seq_length=16)
+    task = json.loads((tmp_path / "again" / "task.json").read_text())
+    assert task["label_names"] == ["neg", "pos"] and task["seq_length"] == 16
+    # The preprocessor of a fine-tuned directory takes its sequence length; an encoder
+    # directory (no task.json) gets 128; an explicit one wins.
+    assert tfbert.BertPreprocessor.from_preset(str(tmp_path / "clf")).seq_length == 20
+    assert tfbert.BertPreprocessor.from_preset(str(tmp_path / "clf"), seq_length=8).seq_length == 8
+    loaded.encoder.save_to_preset(str(tmp_path / "enc"), vocabulary=vocab)
+    assert tfbert.BertPreprocessor.from_preset(str(tmp_path / "enc")).seq_length == 128
+
+
+def test_sequences_longer_than_the_position_table_are_refused_under_xla():
+    import tensorflow as tf
+
+    encoder = tiny_encoder()
+    # XLA (and GPUs) would clamp position 24 to 23 silently; the static length is checked.
+    compiled = tf.function(lambda x: encoder(x)["sequence_output"], jit_compile=True)
+    with pytest.raises(ValueError, match="25 tokens are longer than the model's "
+                                         "max_sequence_length 24"):
+        compiled(inputs(batch=2, seq=25, pad_from=None))
+    assert compiled(inputs(batch=2, seq=24, pad_from=None)).shape == (2, 24, 16)
+
+
+@pytest.mark.parametrize("make", [
+    lambda encoder: tfbert.BertTokenClassifier(encoder, num_classes=3),
+    lambda encoder: tfbert.BertQuestionAnswerer(encoder),
+])
+def test_span_and_token_models_freeze_the_pooler_they_never_read(make):
+    model = make(tiny_encoder())
+    names = [v.path for v in model.trainable_variables]
+    assert not [n for n in names if "pooler" in n]
+    assert any("pooler" in v.path for v in model.non_trainable_variables)
+    # Every trainable variable gets a gradient, so model.fit has nothing to warn about.
+    import tensorflow as tf
+
+    x = inputs()
+    with tf.GradientTape() as tape:
+        out = model(x, training=True)
+        loss = sum(tf.reduce_sum(t) for t in tf.nest.flatten(out))
+    grads = tape.gradient(loss, model.trainable_variables)
+    assert all(g is not None for g in grads)

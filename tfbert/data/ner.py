@@ -75,6 +75,18 @@ class NerExamples:
             self.label_names or other.label_names,
         )
 
+    def subset(self, indices):
+        """The sentences at `indices` (in that order), with their origins."""
+        return NerExamples([self.words[i] for i in indices], [self.tags[i] for i in indices],
+                           [self.origins[i] for i in indices], self.label_names)
+
+    def __getitem__(self, key):
+        """A slice of the sentences as NerExamples (e.g. `examples[:1000]`)."""
+        if not isinstance(key, slice):
+            raise TypeError("NerExamples takes slices (examples[:100]); use .words[i] and "
+                            ".tags[i] for one sentence")
+        return self.subset(range(len(self))[key])
+
     @classmethod
     def from_lists(cls, words, tags, source="examples"):
         """NerExamples of Python lists of words and of string tags."""
@@ -215,6 +227,28 @@ def load_tfds(name, split, data_dir=None, words_feature="tokens", tags_feature="
     if not words:
         raise ValueError(f"{source[0]}: no sentences")
     return NerExamples(words, tags, origins, tuple(names) if names is not None else None)
+
+
+def split_examples(examples, fractions=(0.8, 0.1, 0.1), seed=12345):
+    """A fixed random split of one corpus (WNUT-16 ships as a single file).
+
+    The sentence order is shuffled with `random.Random(seed)`; part i takes the next
+    int(fractions[i] * n) sentences and the last part the rest. The defaults give the
+    80/10/10 train/dev/test split of benchmarks/finetune_ner.py and examples/ner_wnut.py.
+    Returns one NerExamples per fraction.
+    """
+    import random
+
+    if not fractions or any(f < 0 for f in fractions) or sum(fractions) > 1 + 1e-9:
+        raise ValueError(f"fractions must be non-negative and sum to at most 1, got {fractions}")
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    parts, start = [], 0
+    for i, fraction in enumerate(fractions):
+        end = len(order) if i == len(fractions) - 1 else start + int(fraction * len(order))
+        parts.append(examples.subset(order[start:end]))
+        start = end
+    return tuple(parts)
 
 
 # === Labels ===

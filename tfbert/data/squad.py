@@ -474,8 +474,10 @@ def make_dataset(squad_features, batch_size, training=False, *, repeat=False,
     inputs: {input_word_ids, input_mask, input_type_ids} int32 [B, S]; labels:
     {start_logits, end_logits} int32 [B] (piece positions), keyed like the outputs of
     BertQuestionAnswerer so `model.fit` pairs each with its loss. training=True shuffles
-    and drops the last partial batch (drop_remainder overrides that); repeat=True repeats
-    forever. With `input_context`, each input pipeline takes its own shard of windows.
+    (anew each epoch); repeat=True repeats forever. The last partial batch is kept, so an
+    epoch of `model.fit` sees every window, unless the stream repeats (then every batch
+    is full and shapes are static, as TPUs want); drop_remainder overrides that. With
+    `input_context`, each input pipeline takes its own shard of windows.
 
       examples = squad.read_squad_json("train-v1.1.json")   # or squad.load_tfds_examples
       windows = squad.convert_examples_to_features(examples, preprocessor, training=True)
@@ -489,6 +491,9 @@ def make_dataset(squad_features, batch_size, training=False, *, repeat=False,
     """
     import tensorflow as tf
 
+    if len(squad_features) == 0:
+        raise ValueError("no windows to make a dataset of (no examples, or none with an "
+                         "answer in its windows)")
     dataset = tf.data.Dataset.from_tensor_slices(
         (squad_features.inputs(), squad_features.labels()))
     if input_context is not None and input_context.num_input_pipelines > 1:
@@ -501,5 +506,5 @@ def make_dataset(squad_features, batch_size, training=False, *, repeat=False,
     if repeat:
         dataset = dataset.repeat()
     dataset = dataset.batch(
-        batch_size, drop_remainder=training if drop_remainder is None else drop_remainder)
+        batch_size, drop_remainder=repeat if drop_remainder is None else drop_remainder)
     return dataset.prefetch(tf.data.AUTOTUNE)

@@ -77,9 +77,8 @@ def run(args):
     else:
         model = presets.load_task_model(model_dir)
     preprocessor = BertPreprocessor.from_preset(model_dir, seq_length=seq_length)
+    # Label names and text pairs come with the loaded model (its task.json).
     options = {}
-    if task == "classification":
-        options["pair"] = "text_b" in info.get("inputs", ["text"])
     if task == "question_answering":
         def setting(name, default):
             value = getattr(args, name)
@@ -94,7 +93,7 @@ def run(args):
         )
     path = export_saved_model(
         model, preprocessor, args.export_dir, version=args.version,
-        label_names=info.get("label_names"), max_text_bytes=args.max_text_bytes,
+        max_text_bytes=args.max_text_bytes,
         check_ops=not args.no_check_ops, progress=_progress, **options,
     )
     return path

@@ -72,7 +72,7 @@ def export_saved_model(
     version=None,
     label_names=None,
     *,
-    pair=False,
+    pair=None,
     max_text_bytes=None,
     doc_stride=128,
     max_query_length=64,
@@ -91,9 +91,11 @@ def export_saved_model(
       export_dir: the TF Serving model base path; created if missing.
       version: the integer version to write; default the next free one (highest + 1).
         An existing version is never overwritten.
-      label_names: class names (classification, token classification); default "0",
-        "1", ...
-      pair: classification only: the model takes text pairs (`text`, `text_b`).
+      label_names: class names (classification, token classification); default the
+        model directory's (task.json's label_names, for a model loaded with
+        `from_preset`), else "0", "1", ...
+      pair: classification only: the model takes text pairs (`text`, `text_b`); default
+        task.json's `inputs` for a model loaded with `from_preset`, else False.
       max_text_bytes: every input string is cut to this many bytes (at a character
         boundary) before tokenization; default 64 KiB, 16 KiB for question answering.
       doc_stride, max_query_length, max_answer_length, null_score_diff_threshold:
@@ -107,6 +109,12 @@ def export_saved_model(
     """
     say = progress or (lambda message: None)
     task = task_of(model)
+    # What a model loaded from a directory already knows need not be given again.
+    known = dict(getattr(model, "task_info", None) or {})
+    if label_names is None:
+        label_names = known.get("label_names")
+    if pair is None:
+        pair = "text_b" in known.get("inputs", ["text"])
     if isinstance(model, BertPretrainer):
         model = model.encoder
     export_dir = os.path.abspath(os.fspath(export_dir))

@@ -59,6 +59,12 @@ class BertEmbeddings(keras.layers.Layer):
     def call(self, input_word_ids, input_type_ids, training=False):
         # B=batch, S=sequence, H=hidden.
         seq_length = ops.shape(input_word_ids)[1]
+        if isinstance(seq_length, int) and seq_length > self.max_sequence_length:
+            # Under XLA (and on GPUs) the position lookup would clamp silently.
+            raise ValueError(
+                f"sequences of {seq_length} tokens are longer than the model's "
+                f"max_sequence_length {self.max_sequence_length}; use a shorter seq_length"
+            )
         positions = ops.arange(seq_length, dtype="int32")                 # [S]
         x = self.word_embeddings(input_word_ids)                          # [B, S, H]
         x = x + ops.expand_dims(self.position_embeddings(positions), 0)   # [B, S, H]

@@ -9,10 +9,15 @@ from tfbert.models.bert_task import BertTask
 class BertQuestionAnswerer(BertTask):
     """Extractive QA (SQuAD): a dict of `start_logits` and `end_logits`, float32 [B, S].
 
-    Padded positions are pushed far below any real logit.
+    Padded positions are pushed far below any real logit. Spans come from the sequence
+    output, so the encoder's pooler gets no gradient: it is frozen here (as HF's
+    BertForQuestionAnswering has none), which keeps `model.fit` from warning about it
+    and the optimizer from keeping slots for it. An encoder shared with a classifier
+    shares that freeze; set `encoder.pooler.trainable = True` there.
     """
 
     def __init__(self, encoder, **kwargs):
+        encoder.pooler.trainable = False
         head = SpanHead(
             hidden_dim=encoder.hidden_dim,
             initializer_range=encoder.initializer_range,

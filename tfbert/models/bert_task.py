@@ -15,6 +15,9 @@ class BertTask(keras.Model):
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.encoder = encoder
         self.task_args = dict(task_args)
+        # task.json's other entries (label names, seq length, ...) once loaded from or
+        # saved to a model directory.
+        self.task_info = {}
         for key, value in task_args.items():
             setattr(self, key, value)
 
@@ -54,9 +57,12 @@ class BertTask(keras.Model):
     def save_to_preset(self, directory, vocabulary, lowercase=True, **task_info):
         """Writes the model directory: config.json, vocab.txt, model.weights.h5, task.json.
 
-        `task_info` goes into task.json beside the task name and arguments (e.g.
-        label_names, seq_length).
+        `task_info` goes into task.json beside the task name and arguments: label_names,
+        seq_length and the others of `presets.TASK_INFO_KEYS` (an unknown one raises
+        ValueError). Entries of a model loaded with `from_preset` are kept unless given
+        anew.
         """
         from tfbert.models import presets
 
         presets.save_preset(self, directory, vocabulary=vocabulary, lowercase=lowercase, **task_info)
+        self.task_info = {**dict(self.task_info), **task_info}

@@ -28,6 +28,13 @@ TASKS = {
     "question_answering": BertQuestionAnswerer,
 }
 TASK_NAMES = {cls: name for name, cls in TASKS.items()}
+# What task.json may hold beside "task" and "args": the settings a model directory's
+# readers (the trainer, the exporter, BertPreprocessor.from_preset) take from it.
+TASK_INFO_KEYS = (
+    "label_names", "seq_length", "regression", "inputs",  # classification, NER
+    "doc_stride", "max_query_length", "max_answer_length",  # question answering
+    "version_2_with_negative", "null_score_diff_threshold",
+)
 
 
 def _require(directory, filename):
@@ -86,7 +93,20 @@ def load_task_model(directory, dtype=None, **encoder_overrides):
     encoder = build_encoder(load_config(directory), dtype=dtype, **encoder_overrides)
     model = TASKS[info["task"]](encoder, **info.get("args", {}))
     model.load_weights(_require(directory, WEIGHTS_FILE))
+    # Label names, sequence length, ...: what export_saved_model and a later
+    # save_to_preset need again.
+    model.task_info = {k: v for k, v in info.items() if k not in ("task", "args")}
     return model
+
+
+def check_task_info(task_info):
+    """Refuses task.json entries no reader knows (a typo would otherwise pass silently)."""
+    unknown = sorted(set(task_info) - set(TASK_INFO_KEYS))
+    if unknown:
+        raise ValueError(
+            f"unknown task.json entr{'y' if len(unknown) == 1 else 'ies'} "
+            f"{', '.join(unknown)}; valid: {', '.join(TASK_INFO_KEYS)}"
+        )
 
 
 def save_preset(model, directory, vocabulary, lowercase=True, **task_info):
@@ -104,6 +124,7 @@ def write_preset_files(model, directory, vocabulary, lowercase=True, **task_info
 
     Other files there (a trainer's checkpoints/ and logs/) are left alone.
     """
+    check_task_info(task_info)
     if isinstance(vocabulary, (str, os.PathLike)):
         with open(vocabulary, encoding="utf-8") as f:
             vocabulary = [line.rstrip("\n").rstrip("\r") for line in f]
@@ -124,5 +145,7 @@ def write_preset_files(model, directory, vocabulary, lowercase=True, **task_info
     make_readable(tmp_weights)
     os.replace(tmp_weights, weights)
     if not isinstance(model, BertEncoder):
-        info = {"task": TASK_NAMES[type(model)], "args": model.task_args, **task_info}
+        # A model loaded from a directory keeps its entries unless they are given anew.
+        info = {"task": TASK_NAMES[type(model)], "args": dict(model.task_args),
+                **dict(getattr(model, "task_info", None) or {}), **task_info}
         write_text_atomic(os.path.join(directory, TASK_FILE), json.dumps(info, indent=2) + "\n")

@@ -333,11 +333,16 @@ class BertPreprocessor(keras.layers.Layer):
         return config
 
     @classmethod
-    def from_preset(cls, directory, seq_length=128, **kwargs):
-        """The preprocessor of a tfbert model directory (its vocab.txt and `lowercase`)."""
+    def from_preset(cls, directory, seq_length=None, **kwargs):
+        """The preprocessor of a tfbert model directory (its vocab.txt and `lowercase`).
+
+        seq_length: default the fine-tuned model's own (task.json's seq_length), else 128.
+        """
         from tfbert.models import presets
 
         config = presets.load_config(directory)
+        if seq_length is None:
+            seq_length = (presets.load_task_info(directory) or {}).get("seq_length") or 128
         return cls(
             presets.load_vocabulary(directory), seq_length=seq_length,
             lowercase=config.lowercase, **kwargs,

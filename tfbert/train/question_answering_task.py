@@ -81,10 +81,8 @@ class QuestionAnsweringTask:
             encoder = presets.load_encoder(
                 preset, dtype=model_config.dtype, **model_config.encoder_overrides)
             model = BertQuestionAnswerer(encoder)
-        # Spans come from the sequence output; the pooler gets no gradient. Frozen, it keeps
-        # its pretrained weights (as Google's optimizer skips variables without gradients)
-        # and the replicas have no missing gradient to all-reduce.
-        model.encoder.pooler.trainable = False
+        # BertQuestionAnswerer freezes the pooler (it gets no gradient): it keeps its
+        # pretrained weights and the replicas have no missing gradient to all-reduce.
         return model
 
     def preprocessor(self):

@@ -150,9 +150,7 @@ class TokenClassificationTask:
             # hidden_dropout_prob (so encoder_overrides.dropout=0 turns all of it off).
             model = BertTokenClassifier(encoder, num_classes=len(self.label_names),
                                         dropout=encoder.dropout)
-        # Token labels never reach the pooler (HF's BertForTokenClassification drops it);
-        # frozen, it has no gradient slot for the optimizer or the replicas' all-reduce.
-        model.encoder.pooler.trainable = False
+        # BertTokenClassifier freezes the pooler, which token labels never reach.
         if self.config.data.max_seq_length > model.encoder.max_sequence_length:
             raise ValueError(
                 f"data.max_seq_length {self.config.data.max_seq_length} is longer than the "
