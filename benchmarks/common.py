@@ -92,6 +92,22 @@ def run_json_worker(command, what, env=None, timeout=None):
     return json.loads(lines[-1]), wall, cpu
 
 
+def torch_adamw(model, learning_rate, weight_decay=0.01, epsilon=1e-6):
+    """torch.optim.AdamW with BERT's groups: no weight decay on biases or LayerNorm weights.
+
+    The Hugging Face side of every fine-tuning comparison (run in the torch interpreter).
+    """
+    import torch
+
+    no_decay = ("bias", "LayerNorm.weight")
+    named = list(model.named_parameters())
+    groups = [
+        {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.999), eps=epsilon)
+
+
 def timed(fn, iterations, warmup=1):
     """Calls fn() `warmup` times untimed, then `iterations` times; returns the seconds of each."""
     for _ in range(warmup):

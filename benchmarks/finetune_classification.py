@@ -195,6 +195,9 @@ def hf_worker(args):
         get_linear_schedule_with_warmup,
     )
 
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from common import torch_adamw
+
     with open(args.hf_worker, encoding="utf-8") as f:
         job = json.load(f)
     split = job["split"]
@@ -214,14 +217,7 @@ def hf_worker(args):
     test_y = torch.tensor(split["test"]["label"])
     total, warmup = schedule_steps(args, len(train_y))
 
-    no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
-         "weight_decay": args.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
-         "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.999), eps=1e-6)
+    optimizer = torch_adamw(model, args.learning_rate, weight_decay=args.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
     generator = torch.Generator().manual_seed(args.seed)
 

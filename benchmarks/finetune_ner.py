@@ -242,6 +242,8 @@ def hf_worker(spec_file):
     import transformers
     from transformers import BertForTokenClassification, BertTokenizerFast
 
+    from common import torch_adamw
+
     with open(spec_file) as f:
         spec = json.load(f)
     labels = spec["labels"]
@@ -281,14 +283,7 @@ def hf_worker(spec_file):
     train, _ = encode(train_words, train_tags)
     test, test_first = encode(test_words)
 
-    no_decay = ("bias", "LayerNorm.weight")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
-         "weight_decay": 0.01},
-        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
-         "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=spec["learning_rate"], eps=1e-6)
+    optimizer = torch_adamw(model, spec["learning_rate"], weight_decay=0.01)
     schedule = transformers.get_linear_schedule_with_warmup(
         optimizer, spec["warmup"], spec["steps"])
 

@@ -152,6 +152,7 @@ def hf_worker(meta_file):
     from transformers import BertForTokenClassification, BertTokenizerFast
 
     sys.path.insert(0, HERE)
+    from common import torch_adamw
     from finetune_ner import read_sentences
 
     with open(meta_file) as f:
@@ -187,14 +188,7 @@ def hf_worker(meta_file):
     with torch.no_grad():
         model.classifier.weight.copy_(torch.tensor(data["head_kernel"].T))
         model.classifier.bias.copy_(torch.tensor(data["head_bias"]))
-    no_decay = ("bias", "LayerNorm.weight")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
-         "weight_decay": 0.01},
-        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
-         "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=LEARNING_RATE, eps=1e-6)
+    optimizer = torch_adamw(model, LEARNING_RATE, weight_decay=0.01)
     schedule = transformers.get_linear_schedule_with_warmup(optimizer, WARMUP, STEPS)
 
     def tensor(a):

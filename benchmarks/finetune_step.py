@@ -54,6 +54,7 @@ from common import (  # noqa: E402
     percentile,
     pin_cores,
     run_json_worker,
+    torch_adamw,
     torch_available,
 )
 
@@ -231,14 +232,7 @@ def worker_hf(job):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = BertForSequenceClassification.from_pretrained(job["minilm_dir"], num_labels=2)
     model.to(device).train()
-    no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
-         "weight_decay": 0.01},
-        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
-         "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=LEARNING_RATE, eps=1e-6)
+    optimizer = torch_adamw(model, LEARNING_RATE, weight_decay=0.01)
     data = np.load(job["batch"])
     # int64: what a HF tokenizer returns and what nn.Embedding indexes with.
     ids, mask, types, labels = (torch.from_numpy(data[k].astype("int64")).to(device)
