@@ -95,7 +95,8 @@ def dynamic_pretraining_dataset(
         input pipelines.
       is_training: shuffle files, documents and instances and repeat forever; else one
         ordered pass (still masked at random; seeded if `seed` is set).
-      seed: makes the whole pipeline reproducible (masking then runs on one thread).
+      seed: makes the whole pipeline reproducible (every random draw is stateless, keyed by
+        the seed and the window or batch number, so it runs in parallel all the same).
         None: a fresh random pipeline each time.
       shuffle_buffer: documents, and then instances, in the shuffle buffers (training).
       window_size: documents per window; "random next" segments come from the same
@@ -168,11 +169,14 @@ def dynamic_pretraining_dataset(
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size, drop_remainder=True)
 
-    masker = _Masker(preprocessor, P, masked_lm_prob, whole_word_masking, seed)
-    # tensorflow-text draws its random numbers with stateful ops; only one thread calling
-    # them in order makes a seeded pipeline reproducible.
-    dataset = dataset.map(
-        masker, num_parallel_calls=None if deterministic else tf.data.AUTOTUNE
+    masker = _Masker(preprocessor, P, masked_lm_prob, whole_word_masking, base_seed)
+    # One random key per batch, a new stream each time the dataset is iterated (fresh
+    # masks each epoch, also for model.fit over a dataset that does not repeat), the
+    # same streams for the same seed. The masks are stateless ops of that key:
+    # reproducible in parallel too.
+    keys = tf.data.Dataset.random(seed=base_seed, rerandomize_each_iteration=True)
+    dataset = tf.data.Dataset.zip((keys, dataset)).map(
+        masker, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
     )
     options = tf.data.Options()
     options.deterministic = deterministic
@@ -409,8 +413,15 @@ class _WholeWordSelector(tf_text.RandomItemSelector):
 
     RandomItemSelector would count words, so a sequence could get more than
     max_predictions_per_seq pieces; this one counts pieces, like Google's whole-word
-    masking: min(P, ceil(rate * maskable pieces)) per sequence.
+    masking: min(P, ceil(rate * maskable pieces)) per sequence. Without whole-word
+    masking every piece is a word of its own, which is RandomItemSelector's rule.
+
+    Its random word order comes from a stateless op keyed by `seed` (int64 [2]), which
+    _Masker sets for each batch it traces: tensorflow-text's own selector draws from
+    stateful ops, whose order across threads (and pipelines) is not reproducible.
     """
+
+    seed = None
 
     def get_selection_mask(self, input_ids, axis):
         # B=batch, W=words (padded), order=random word order.
@@ -428,7 +439,8 @@ class _WholeWordSelector(tf_text.RandomItemSelector):
                     tf.int64),
         )[:, tf.newaxis]                                                   # [B, 1]
         keys = tf.where(
-            flat_selectable, tf.random.uniform(tf.shape(flat_selectable)), 2.0
+            flat_selectable, tf.random.stateless_uniform(tf.shape(flat_selectable), self.seed),
+            2.0,
         )                                                                  # [B*(W)]
         keys = selectable.with_flat_values(keys).to_tensor(default_value=3.0)  # [B, W]
         word_len = selectable.with_flat_values(word_len)                   # [B, (W)]
@@ -445,17 +457,45 @@ class _WholeWordSelector(tf_text.RandomItemSelector):
         return tf.RaggedTensor.from_tensor(chosen, lengths=selectable.row_lengths())
 
 
-class _Masker:
-    """Masks a batch of packed instances in-graph; returns `(features, labels)`."""
+class _StatelessChooser(tf_text.MaskValuesChooser):
+    """BERT's 80% [MASK] / 10% random token / 10% unchanged, from stateless ops keyed by
+    `seed` (int64 [2], set by _Masker for each batch)."""
 
-    def __init__(self, preprocessor, max_predictions, rate, whole_word, seed):
+    seed = None
+
+    def get_mask_values(self, masked_lm_ids):
+        flat = masked_lm_ids.flat_values                                   # [N]
+        u = tf.random.stateless_uniform(
+            tf.shape(flat), tf.random.experimental.stateless_fold_in(self.seed, 1))
+        random_ids = tf.random.stateless_uniform(
+            tf.shape(flat), tf.random.experimental.stateless_fold_in(self.seed, 2),
+            minval=0, maxval=self._vocab_size, dtype=tf.int64)
+        mask_rate, random_rate = self._mask_token_rate, self._random_token_rate
+        values = tf.where(
+            u < mask_rate, tf.cast(self._mask_token, flat.dtype),
+            tf.where(u < mask_rate + random_rate, tf.cast(random_ids, flat.dtype), flat))
+        return masked_lm_ids.with_flat_values(values)
+
+
+class _Masker:
+    """Masks a batch of packed instances in-graph; returns `(features, labels)`.
+
+    Called on `(key, instances)`, `key` an int64 from a seeded tf.data random stream:
+    every random draw is a stateless op keyed by (base seed, key), so the masks depend
+    on neither thread timing nor other pipelines in the process, and the map may run in
+    parallel.
+    """
+
+    # Keeps masking's random streams apart from the pairing ones keyed by the same seed.
+    STREAM = 0x6D61736B
+
+    def __init__(self, preprocessor, max_predictions, rate, whole_word, base_seed):
         self.max_predictions = max_predictions
         self.whole_word = whole_word
-        self.seed = seed
+        self.base_seed = base_seed
         self.special = [preprocessor.cls_id, preprocessor.sep_id]
-        selector = _WholeWordSelector if whole_word else tf_text.RandomItemSelector
-        self.selector = selector(max_predictions, rate, unselectable_ids=self.special)
-        self.chooser = tf_text.MaskValuesChooser(
+        self.selector = _WholeWordSelector(max_predictions, rate, unselectable_ids=self.special)
+        self.chooser = _StatelessChooser(
             preprocessor.vocabulary_size, preprocessor.mask_id, 0.8, 0.1
         )
         # Continuation pieces ("##ing"); every other piece starts a word.
@@ -481,16 +521,25 @@ class _Masker:
         )                                                                  # [B]
         return tf.RaggedTensor.from_row_lengths(words, words_per_row)
 
-    def __call__(self, instance):
+    def _pieces(self, ids):
+        """`[B, (S)]` pieces as `[B, (S), (1)]`: each piece a word of its own."""
+        flat = ids.flat_values                                             # [T]
+        words = tf.RaggedTensor.from_row_lengths(flat, tf.ones_like(flat, tf.int64))
+        return tf.RaggedTensor.from_row_lengths(words, ids.row_lengths())
+
+    def __call__(self, key, instance):
         # B=batch, S=seq, P=max predictions.
-        if self.seed is not None:
-            # Inside this traced function only: seeds tensorflow-text's random ops.
-            tf.random.set_seed(self.seed)
+        seed = tf.random.experimental.stateless_fold_in(
+            tf.stack([tf.constant(self.base_seed, tf.int64), tf.cast(key, tf.int64)]),
+            self.STREAM)
+        # Read by the selector and the chooser while this function is traced.
+        self.selector.seed = seed
+        self.chooser.seed = tf.random.experimental.stateless_fold_in(seed, 1)
         word_ids = instance[INPUT_WORD_IDS]                                # [B, S]
         S = word_ids.shape[1]
         lengths = tf.reduce_sum(instance[INPUT_MASK], axis=1)
         ids = tf.RaggedTensor.from_tensor(word_ids, lengths=lengths)       # [B, (S)]
-        items = self._words(ids) if self.whole_word else ids
+        items = self._words(ids) if self.whole_word else self._pieces(ids)
         masked, positions, original = tf_text.mask_language_model(
             items, self.selector, self.chooser, axis=1
         )                                                                  # [B, (S)], 2 x [B, (M)]
