@@ -287,3 +287,13 @@ def test_span_and_token_models_freeze_the_pooler_they_never_read(make):
         loss = sum(tf.reduce_sum(t) for t in tf.nest.flatten(out))
     grads = tape.gradient(loss, model.trainable_variables)
     assert all(g is not None for g in grads)
+
+
+def test_encoder_of_a_token_classifier_directory_trains_its_pooler_again(tmp_path):
+    vocab = [f"tok{i}" for i in range(97)]
+    tagger = tfbert.BertTokenClassifier(tiny_encoder(), num_classes=3)
+    assert not tagger.encoder.pooler.trainable
+    tagger.save_to_preset(str(tmp_path / "ner"), vocabulary=vocab, label_names=["O", "B-X", "I-X"])
+    encoder = tfbert.BertEncoder.from_preset(str(tmp_path / "ner"))
+    classifier = tfbert.BertClassifier(encoder, num_classes=2)
+    assert any("pooler" in v.path for v in classifier.trainable_variables)

@@ -96,7 +96,8 @@ def dynamic_pretraining_dataset(
       is_training: shuffle files, documents and instances and repeat forever; else one
         ordered pass (still masked at random; seeded if `seed` is set).
       seed: makes the whole pipeline reproducible (every random draw is stateless, keyed by
-        the seed and the window or batch number, so it runs in parallel all the same).
+        the seed and the window number or a seeded per-batch key, so it runs in parallel
+        all the same; each new iteration of the dataset masks afresh).
         None: a fresh random pipeline each time.
       shuffle_buffer: documents, and then instances, in the shuffle buffers (training).
       window_size: documents per window; "random next" segments come from the same

@@ -80,7 +80,10 @@ def load_encoder(preset, dtype=None, **overrides):
             f"{preset!r} is neither a model directory nor a size ({', '.join(SIZES)})"
         )
     if load_task_info(preset) is not None:
-        return load_task_model(preset, dtype=dtype, **overrides).encoder
+        encoder = load_task_model(preset, dtype=dtype, **overrides).encoder
+        # A token classifier or question answerer froze it; a new task may train it.
+        encoder.pooler.trainable = True
+        return encoder
     encoder = build_encoder(load_config(preset), dtype=dtype, **overrides)
     encoder.load_weights(_require(preset, WEIGHTS_FILE))
     return encoder
