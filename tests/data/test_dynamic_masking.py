@@ -56,10 +56,15 @@ def originals(arrays):
 
 @pytest.fixture(scope="module")
 def two_passes(imdb, preprocessor):
-    """Two epochs of one ordered (evaluation) pass over the same examples, unseeded."""
+    """Two iterations of one ordered (evaluation) pass over the same examples.
+
+    Seeded so the statistics below are the same on every run (unseeded, the random-next
+    fraction wandered from about 0.5 to 0.61, since one-line documents always take a
+    random next, as in Google's script); a new iteration still draws new masks.
+    """
     dataset = dynamic_pretraining_dataset(
         imdb, preprocessor, batch_size=16, max_seq_length=S, max_predictions_per_seq=P,
-        is_training=False, window_size=32,
+        is_training=False, window_size=32, seed=0,
     )
     return collect(dataset), collect(dataset)
 
