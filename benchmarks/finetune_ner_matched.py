@@ -15,9 +15,9 @@ sides get
 - the same recipe as finetune_ner.py: AdamW (lr 1e-4, epsilon 1e-6, weight decay 0.01
   except biases and LayerNorm), 10% linear warmup then linear decay, global-norm
   clipping at 1.0, dropout --dropout, float32.
-tfbert trains a BertTokenClassifier with tfbert's AdamW and schedule in a tf.function
-step (the trainer's step: forward and backward under XLA, clipping and the update
-outside); HF trains BertForTokenClassification with torch.optim.AdamW and
+tfbert trains through its Trainer (the code `python -m tfbert.train` runs, with
+configs/finetune/wnut16.yaml: its BertTokenClassifier, AdamW, schedule, clipping and
+XLA step), whose input pipeline is swapped for the shared batches; HF trains BertForTokenClassification with torch.optim.AdamW and
 get_linear_schedule_with_warmup. With --dropout 0 the two runs differ only by float
 rounding; with dropout the masks differ, the rest does not. The table gives entity
 F1 on the test split (first-piece predictions) and the training loss along the way.
@@ -97,48 +97,56 @@ def prepare(args):
 
 
 def train_tfbert(meta):
-    """Returns (per-step losses, test predictions [N, S])."""
-    import keras
+    """Trains through tfbert's Trainer (what `python -m tfbert.train` runs) on the shared
+    head and batches; returns (per-step losses, test predictions [N, S])."""
+    import io
+    import re
+
     import numpy as np
     import tensorflow as tf
 
-    from tfbert.models import presets
-    from tfbert.models.bert_token_classifier import BertTokenClassifier
-    from tfbert.train.optimizers import NO_DECAY, AdamW, WarmupDecay
+    from tfbert.config import ExperimentConfig
+    from tfbert.train.strategies import make_strategy
+    from tfbert.train.trainer import Trainer
 
     data = np.load(os.path.join(meta["work_dir"], "batches.npz"))
-    keras.utils.set_random_seed(0)
     dropout = meta["dropout"]
-    encoder = presets.load_encoder(meta["model_dir"], dropout=dropout, attention_dropout=dropout)
-    model = BertTokenClassifier(encoder, num_classes=len(meta["labels"]), dropout=dropout)
+    # The recipe of finetune_ner.py (configs/finetune/wnut16.yaml); one step per loop so
+    # that every step's loss is logged.
+    config = ExperimentConfig.load(os.path.join(REPO_ROOT, "configs", "finetune", "wnut16.yaml"), [
+        f"model.preset={meta['model_dir']}",
+        f"model.encoder_overrides={json.dumps({'dropout': dropout, 'attention_dropout': dropout})}",
+        f"data.train_files={meta['paths']['train']}",
+        f"data.eval_files={meta['paths']['test']}",
+        f"data.label_names={json.dumps(meta['labels'])}",
+        f"trainer.train_steps={STEPS}", f"trainer.warmup_steps={WARMUP}",
+        f"trainer.global_batch_size={BATCH}", f"trainer.learning_rate={LEARNING_RATE}",
+        "trainer.steps_per_loop=1", "trainer.seed=0",
+    ])
+    run_dir = os.path.join(meta["work_dir"], "tfbert_run")
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    log = io.StringIO()
+    trainer = Trainer(config, make_strategy("one_device"), run_dir, out=log)
+    model = trainer.model
     model.classifier.kernel.assign(data["head_kernel"])
     model.classifier.bias.assign(data["head_bias"])
-    variables = model.trainable_variables
-    optimizer = AdamW(WarmupDecay(LEARNING_RATE, STEPS, WARMUP), weight_decay=0.01,
-                      epsilon=1e-6)
-    optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
-    optimizer.build(variables)
 
-    @tf.function(jit_compile=True)
-    def gradients(x, y):
-        with tf.GradientTape() as tape:
-            logits = model(x, training=True)
-            weights = tf.cast(y >= 0, tf.float32)
-            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.maximum(y, 0), logits)
-            loss = tf.reduce_sum(ce * weights) / tf.reduce_sum(weights)
-        return loss, [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
+    def shared_batches(input_context, training):
+        # The trainer's own input pipeline replaced by the shared batches, in their order.
+        order = data["order"].reshape(-1)
+        return tf.data.Dataset.from_tensor_slices(
+            ({k: data["train_" + k][order] for k in KEYS}, data["train_labels"][order])
+        ).batch(BATCH, drop_remainder=True)
 
-    @tf.function
-    def step(x, y):
-        loss, grads = gradients(x, y)
-        grads, _ = tf.clip_by_global_norm(grads, 1.0)
-        optimizer.apply_gradients(zip(grads, variables))
-        return loss
-
-    losses = []
-    for rows in data["order"]:
-        x = {k: tf.constant(data["train_" + k][rows]) for k in KEYS}
-        losses.append(float(step(x, tf.constant(data["train_labels"][rows]))))
+    trainer.task.dataset = shared_batches
+    trainer.train()
+    losses = [float(v) for v in re.findall(r"^step \d+/\d+ \| loss ([0-9.]+)", log.getvalue(),
+                                           re.M)]
+    if len(losses) != STEPS:
+        raise SystemExit(f"error: the trainer logged {len(losses)} steps, not {STEPS}:\n"
+                         + log.getvalue()[-2000:])
     logits = model({k: tf.constant(data["test_" + k]) for k in KEYS}, training=False)
     return losses, np.argmax(logits.numpy(), -1)
 

@@ -2,7 +2,7 @@
 Model Garden, sequences/s and model FLOPs utilisation.
 
   python benchmarks/pretrain_step.py [--sizes mini,small,base --precisions fp32,bf16
-      --batch_size 8 --steps 5 --xla grads ...]
+      --batch_size 8 --steps 5 --xla step ...]
 
 One training step: forward, loss, gradients, global-norm clipping at 1.0 and an AdamW
 update (weight decay 0.01, none on LayerNorm and biases), dropout 0.1, on a fixed
@@ -24,16 +24,16 @@ sits in memory, so the step is measured, not an input pipeline.
   name="next_sentence")` for NSP as Model Garden's own masked_lm task builds it, loss
   MLM + NSP, tf_keras AdamW.
 
-XLA (--xla): `grads` (default) compiles forward + backward with XLA and leaves the
-optimizer update outside, which is how tfbert's trainer splits its step (the update
-holds cross-replica merges that cannot sit in an XLA cluster); KerasHub and Model
-Garden get the same split through a `tf.function(jit_compile=True)` gradient function.
-`step` compiles the whole step, optimizer included: KerasHub through its own
-`compile(jit_compile=True)` + `train_on_batch`, Model Garden and tfbert through one
-jit-compiled function (tfbert's trainer cannot do this; that row uses tfbert's model,
-task loss and optimizer in such a function). `off` runs plain `tf.function` graphs
-(KerasHub `jit_compile=False`, tfbert's trainer with `trainer.jit_compile=false`).
-The table says what each row ran.
+XLA (--xla): `step` (default) compiles the whole step, optimizer included, each the way
+it offers: tfbert's trainer does so itself on one device; KerasHub through its own
+`compile(jit_compile=True)` + `train_on_batch`; Model Garden through one
+`tf.function(jit_compile=True)` around its model, loss and tf_keras AdamW. `grads`
+compiles forward + backward and leaves the optimizer update outside, which is how
+tfbert's trainer splits its step on several replicas (the update holds cross-replica
+merges that cannot sit in an XLA cluster); KerasHub and Model Garden get the same split
+through a `tf.function(jit_compile=True)` gradient function. `off` runs plain
+`tf.function` graphs (KerasHub `jit_compile=False`, tfbert's trainer with
+`trainer.jit_compile=false`). The table says what each row ran.
 
 Precision: fp32, or bf16 (Keras `mixed_bfloat16` dtype policy for tfbert and KerasHub,
 tf_keras `mixed_bfloat16` global policy for Model Garden: bf16 matmuls, fp32 weights).
@@ -102,7 +102,7 @@ NAMES = {
 }
 SHORT = {"tfbert": "tfbert", "keras_hub": "KerasHub", "model_garden": "Model Garden"}
 PRECISIONS = ("fp32", "bf16")
-XLA_MODES = ("grads", "step", "off")
+XLA_MODES = ("step", "grads", "off")
 SEED = 0
 
 
@@ -129,9 +129,10 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=4, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=1,
                         help="untimed steps first (the first one traces and compiles)")
-    parser.add_argument("--xla", choices=XLA_MODES, default="grads",
-                        help="grads: XLA forward+backward, optimizer outside (the tfbert "
-                             "trainer's split); step: the whole step in XLA; off: no XLA")
+    parser.add_argument("--xla", choices=XLA_MODES, default="step",
+                        help="step: the whole step in XLA (the tfbert trainer on one "
+                             "device); grads: XLA forward+backward, optimizer outside (the "
+                             "trainer on several replicas); off: no XLA")
     parser.add_argument("--peak_n", type=int, default=2048,
                         help="size of the square matmul that measures the FLOP/s peak")
     parser.add_argument("--rounds", type=int, default=1,
@@ -280,35 +281,21 @@ def worker_tfbert(args):
     )
     trainer = Trainer(config, make_strategy("one_device"),
                       tempfile.mkdtemp(prefix="tfbert-bench-pretrain-"))
-    if args.xla == "step":
-        # Not the trainer's split: tfbert's model, task loss and optimizer in one XLA
-        # cluster, to compare with the peers' whole-step compilation.
-        task, model, optimizer = trainer.task, trainer.model, trainer.optimizer
-        variables = model.trainable_variables
-        tensors = ({k: tf.constant(v) for k, v in inputs.items()},
-                   {k: tf.constant(v) for k, v in labels.items()})
-
-        def grads_fn(x, y):
-            with tf.GradientTape() as tape:
-                loss, _ = task.step(model, x, y, task.denominators(y), training=True)
-            grads = tape.gradient(loss, variables)
-            # clip_by_global_norm passes a None (no gradient) through as None.
-            return loss, tf.clip_by_global_norm(grads, config.trainer.clip_norm)[0]
-
-        step = split_xla_step(tf, grads_fn, lambda g: apply(optimizer, g, variables), "step")
-        run = lambda: float(step(*tensors))  # noqa: E731
-        what = "whole step (own tf.function; the trainer splits it)"
-    else:
-        # The trainer's compiled loop, one step per call, fed the same batch from memory.
-        # Its input pipeline is replaced because the step, not tf.data, is measured here.
-        dataset = tf.data.Dataset.from_tensors((inputs, labels)).repeat()
-        trainer.task.dataset = lambda input_context, training: dataset
-        iterator = iter(trainer._distributed_dataset(training=True))
-        loop = trainer._build_train_loop()
-        one = tf.constant(1)
-        run = lambda: float(loop(iterator, one)["mlm_loss_sum"])  # noqa: E731
-        what = ("fwd+bwd; AdamW outside (trainer loop)" if args.xla == "grads"
-                else "off (trainer loop, jit_compile=false)")
+    if args.xla == "grads":
+        # The split the trainer uses on several replicas: forward and backward in XLA,
+        # the update outside (on one device the trainer fuses them).
+        trainer._fuses_update = lambda: False
+    # The trainer's compiled loop, one step per call, fed the same batch from memory.
+    # Its input pipeline is replaced because the step, not tf.data, is measured here.
+    dataset = tf.data.Dataset.from_tensors((inputs, labels)).repeat()
+    trainer.task.dataset = lambda input_context, training: dataset
+    iterator = iter(trainer._distributed_dataset(training=True))
+    loop = trainer._build_train_loop()
+    one = tf.constant(1)
+    run = lambda: float(loop(iterator, one)["mlm_loss_sum"])  # noqa: E731
+    what = {"step": "whole step (trainer loop: one device fuses the update)",
+            "grads": "fwd+bwd; AdamW outside (trainer loop as on several replicas)",
+            "off": "off (trainer loop, jit_compile=false)"}[args.xla]
     params = sum(int(tf.size(v)) for v in trainer.model.trainable_variables)
     warmup, steps = time_steps(run, args)
     return {"warmup": warmup, "steps": steps, "xla": what, "params": params,
