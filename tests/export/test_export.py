@@ -7,6 +7,7 @@ call; the outputs are compared here with the Keras model's, post-processed by th
 Python references in reference.py.
 """
 
+import json
 import os
 import pickle
 import subprocess
@@ -26,6 +27,7 @@ from tfbert import features  # noqa: E402
 from tfbert.export import op_allowlist, saved_model, warmup  # noqa: E402
 from tfbert.export import signatures as sig  # noqa: E402
 from tfbert.export.__main__ import main as export_main  # noqa: E402
+from tfbert.models import presets  # noqa: E402
 from tfbert.models import (  # noqa: E402
     BertClassifier,
     BertEncoder,
@@ -613,6 +615,23 @@ def test_existing_version_is_refused(tmp_path, capsys):
     with pytest.raises(FileExistsError, match="never overwritten"):
         saved_model.export_saved_model(BertEncoder.from_preset(str(model_dir)), pre,
                                        str(tmp_path / "exports"), version=3)
+
+
+def test_question_answering_settings_default_to_the_model_directory(tmp_path):
+    # What the trainer writes for a SQuAD 2.0 model; the Python API needs none of it again.
+    model_dir = str(tmp_path / "model")
+    BertQuestionAnswerer(tiny_encoder(8)).save_to_preset(
+        model_dir, vocabulary=vocab_file(), seq_length=48, doc_stride=16, max_query_length=10,
+        max_answer_length=7, version_2_with_negative=True, null_score_diff_threshold=1.5)
+    model = presets.load_task_model(model_dir)
+    pre = BertPreprocessor.from_preset(model_dir)
+    # An argument given still wins over task.json.
+    path = saved_model.export_saved_model(model, pre, str(tmp_path / "exports"),
+                                          max_answer_length=9, check_ops=False)
+    with open(os.path.join(path, "assets.extra", saved_model.EXPORT_INFO_FILE)) as f:
+        info = json.load(f)
+    assert (info["seq_length"], info["doc_stride"], info["max_query_length"],
+            info["max_answer_length"], info["null_score_diff_threshold"]) == (48, 16, 10, 9, 1.5)
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

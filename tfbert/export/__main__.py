@@ -77,20 +77,12 @@ def run(args):
     else:
         model = presets.load_task_model(model_dir)
     preprocessor = BertPreprocessor.from_preset(model_dir, seq_length=seq_length)
-    # Label names and text pairs come with the loaded model (its task.json).
+    # Label names, text pairs and question-answering settings come with the loaded model
+    # (its task.json); flags given here override them.
     options = {}
     if task == "question_answering":
-        def setting(name, default):
-            value = getattr(args, name)
-            return value if value is not None else info.get(name, default)
-
-        options.update(
-            doc_stride=setting("doc_stride", 128),
-            max_query_length=setting("max_query_length", 64),
-            max_answer_length=setting("max_answer_length", 30),
-            null_score_diff_threshold=(info.get("null_score_diff_threshold", 0.0)
-                                       if info.get("version_2_with_negative") else None),
-        )
+        options = {name: getattr(args, name) for name in
+                   ("doc_stride", "max_query_length", "max_answer_length")}
     path = export_saved_model(
         model, preprocessor, args.export_dir, version=args.version,
         max_text_bytes=args.max_text_bytes,

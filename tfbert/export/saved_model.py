@@ -74,9 +74,9 @@ def export_saved_model(
     *,
     pair=None,
     max_text_bytes=None,
-    doc_stride=128,
-    max_query_length=64,
-    max_answer_length=30,
+    doc_stride=None,
+    max_query_length=None,
+    max_answer_length=None,
     null_score_diff_threshold=None,
     check_ops=True,
     progress=None,
@@ -100,7 +100,9 @@ def export_saved_model(
         boundary) before tokenization; default 64 KiB, 16 KiB for question answering.
       doc_stride, max_query_length, max_answer_length, null_score_diff_threshold:
         question answering, as in google-research/bert's run_squad (a threshold makes
-        empty answers possible, for SQuAD 2.0 models); see signatures.py.
+        empty answers possible, for SQuAD 2.0 models); see signatures.py. Each defaults
+        to the model directory's task.json (a SQuAD 2.0 model's threshold, 0.0 when it
+        names none), else run_squad's 128, 64, 30 and no threshold.
       check_ops: refuse to publish an export that uses an op TF Serving lacks.
       progress: called with a one-line message at each stage (the CLI prints them).
 
@@ -115,6 +117,13 @@ def export_saved_model(
         label_names = known.get("label_names")
     if pair is None:
         pair = "text_b" in known.get("inputs", ["text"])
+    doc_stride = doc_stride if doc_stride is not None else known.get("doc_stride", 128)
+    if max_query_length is None:
+        max_query_length = known.get("max_query_length", 64)
+    if max_answer_length is None:
+        max_answer_length = known.get("max_answer_length", 30)
+    if null_score_diff_threshold is None and known.get("version_2_with_negative"):
+        null_score_diff_threshold = known.get("null_score_diff_threshold", 0.0)
     if isinstance(model, BertPretrainer):
         model = model.encoder
     export_dir = os.path.abspath(os.fspath(export_dir))
