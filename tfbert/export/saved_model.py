@@ -117,7 +117,8 @@ def export_saved_model(
         label_names = known.get("label_names")
     if pair is None:
         pair = "text_b" in known.get("inputs", ["text"])
-    doc_stride = doc_stride if doc_stride is not None else known.get("doc_stride", 128)
+    if doc_stride is None:
+        doc_stride = known.get("doc_stride", 128)
     if max_query_length is None:
         max_query_length = known.get("max_query_length", 64)
     if max_answer_length is None:

@@ -173,17 +173,16 @@ class Trainer:
     def _fuses_update(self):
         """Whether the optimizer update compiles into the XLA step with the gradients.
 
-        With one replica (OneDeviceStrategy or no strategy) there is no cross-replica merge,
-        so forward, backward, clipping and the AdamW update form one XLA cluster: the
-        update's many small per-variable ops fuse instead of running one by one (BERT-mini
-        pretraining on a 2-core CPU: 486 and 533 ms a step against 501 and 555 split, two
-        runs each of benchmarks/pretrain_step.py --xla step / grads). Mirrored and
+        On OneDeviceStrategy (one replica) there is no cross-replica merge, so forward,
+        backward, clipping and the AdamW update form one XLA cluster: the update's many
+        small per-variable ops fuse instead of running one by one (BERT-mini pretraining on
+        a 2-core CPU: 486 and 533 ms a step against 501 and 555 split, two runs each of
+        benchmarks/pretrain_step.py --xla step / grads). Mirrored and
         multi-worker steps keep the update outside, where it merges across replicas; TPU
         steps are compiled whole by the TPU strategy anyway.
         """
-        return (self.config.trainer.jit_compile and self.strategy.num_replicas_in_sync == 1
-                and isinstance(self.strategy, (tf.distribute.OneDeviceStrategy,
-                                               type(tf.distribute.get_strategy()))))
+        return (self.config.trainer.jit_compile
+                and isinstance(self.strategy, tf.distribute.OneDeviceStrategy))
 
     def _build_train_loop(self):
         variables = self.model.trainable_variables
