@@ -17,10 +17,11 @@ sides get
   clipping at 1.0, dropout --dropout, float32.
 tfbert trains through its Trainer (the code `python -m tfbert.train` runs, with
 configs/finetune/wnut16.yaml: its BertTokenClassifier, AdamW, schedule, clipping and
-XLA step), whose input pipeline is swapped for the shared batches; HF trains BertForTokenClassification with torch.optim.AdamW and
-get_linear_schedule_with_warmup. With --dropout 0 the two runs differ only by float
-rounding; with dropout the masks differ, the rest does not. The table gives entity
-F1 on the test split (first-piece predictions) and the training loss along the way.
+XLA step), whose input pipeline is swapped for the shared batches; HF trains
+BertForTokenClassification with torch.optim.AdamW and get_linear_schedule_with_warmup.
+With --dropout 0 the two runs differ only by float rounding; with dropout the masks
+differ, the rest does not. The table gives entity F1 on the test split (first-piece
+predictions) and the training loss along the way.
 """
 
 import argparse
@@ -101,6 +102,7 @@ def train_tfbert(meta):
     head and batches; returns (per-step losses, test predictions [N, S])."""
     import io
     import re
+    import shutil
 
     import numpy as np
     import tensorflow as tf
@@ -124,8 +126,6 @@ def train_tfbert(meta):
         "trainer.steps_per_loop=1", "trainer.seed=0",
     ])
     run_dir = os.path.join(meta["work_dir"], "tfbert_run")
-    import shutil
-
     shutil.rmtree(run_dir, ignore_errors=True)
     log = io.StringIO()
     trainer = Trainer(config, make_strategy("one_device"), run_dir, out=log)
