@@ -275,3 +275,21 @@ def test_whole_word_selection_has_googles_law(our_records, vocabulary):
     assert abs(our_counts.mean() - google_counts.mean()) < 0.15
     assert abs(np.mean(our_counts < num_to_predict) - np.mean(google_counts < num_to_predict)) < 0.03
     assert our_counts.max() <= P
+
+
+def test_runs_without_importing_tensorflow(small_corpus, data_dir, vocab_file):
+    # Importing TensorFlow costs seconds and most of a GB: the CLI reads, tokenizes,
+    # builds and writes with the standard library and numpy alone (workers included).
+    out = str(data_dir / "no_tf.tfrecord")
+    code = (
+        "import sys\n"
+        "from tfbert.data.create_pretraining_data import main\n"
+        f"status = main(['--input_file={small_corpus}', '--output_file={out}',\n"
+        f"               '--vocab_file={vocab_file}', '--dupe_factor=2',\n"
+        "               '--num_workers=2', '--noprogress'])\n"
+        "assert status == 0, status\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert len(record_stats.read_serialized(out)) > 100

@@ -16,13 +16,16 @@ What differs is how the corpus moves through memory. Google's script tokenizes t
 corpus into Python strings, builds every instance of every dupe, shuffles them all and
 only then writes; its memory grows with corpus size times dupe_factor. Here the corpus
 streams through in windows of `--window_size` documents, and memory is bounded by the
-window, the reservoir below and the tasks in flight (2 per worker), not by the corpus:
+window, the reservoir below and the tasks in flight (2 per worker), not by the corpus.
+Nothing imports TensorFlow (seconds and most of a GB) unless a path is a URL (gs://...):
 
-1. The main process reads a window, tokenizes all its lines in batches with the in-graph
-   `tfbert.text.BertPreprocessor` (TF Text), and keeps only int32 ids and line offsets.
-2. Worker processes (numpy only, no TensorFlow) build the window's instances, mask them
-   as one batch and serialize the tf.train.Examples; the main process writes them in
-   order, round-robin over the output files, as Google's does.
+1. The main process reads a window, tokenizes its lines with
+   `tfbert.text.WordPieceTokenizer` (Google's FullTokenizer, exactly, with a cache of the
+   tokens seen), and keeps only int32 ids and line offsets.
+2. Worker processes (numpy only) build the window's instances, mask them as one batch,
+   serialize the tf.train.Examples and frame them as TFRecords
+   (`tfbert.data.tfrecord_file`); the main process writes them in order, round-robin
+   over the output files, as Google's does.
 3. For dupe_factor > 1 the window's ids also go to a temporary token cache on local disk
    (under $TMPDIR, 2 bytes a token), and each later dupe reads the windows back in a new
    random order, so the copies of one document land a corpus apart, not side by side.
@@ -54,7 +57,7 @@ import bisect
 import collections
 import concurrent.futures
 import dataclasses
-import functools
+import glob
 import multiprocessing
 import os
 import random
@@ -64,7 +67,8 @@ import tempfile
 
 import numpy as np
 
-from tfbert.data import pretraining_instances
+from tfbert.data import pretraining_instances, tfrecord_file
+from tfbert.text.wordpiece import WordPieceTokenizer
 
 # Reservoir of earlier documents for "random next" segments (see the module docstring).
 RESERVOIR_WINDOWS = 10  # reservoir capacity, in windows
@@ -72,8 +76,6 @@ EXCERPT_SEQUENCES = 4  # longest reservoir excerpt, in max_seq_length
 # A window also closes at this many characters (with at least 2 documents), which bounds
 # memory when documents are books rather than reviews.
 WINDOW_CHARACTERS = 32_000_000
-# Lines per BertPreprocessor.tokenize call.
-TOKENIZE_BATCH = 8192
 
 
 class UsageError(Exception):
@@ -161,17 +163,20 @@ class _Window:
 
 
 def expand_input_files(input_file):
-    import tensorflow as tf
-
     files = []
     for pattern in (p.strip() for p in input_file.split(",")):
         if not pattern:
             continue
-        try:
-            matches = sorted(tf.io.gfile.glob(pattern))
-        except tf.errors.OpError:
-            matches = []
-        matches = [m for m in matches if not tf.io.gfile.isdir(m)]
+        if tfrecord_file.is_url(pattern):  # gs://, s3://, ...: through TensorFlow
+            import tensorflow as tf
+
+            try:
+                matches = sorted(tf.io.gfile.glob(pattern))
+            except tf.errors.OpError:
+                matches = []
+            matches = [m for m in matches if not tf.io.gfile.isdir(m)]
+        else:
+            matches = sorted(m for m in glob.glob(pattern) if not os.path.isdir(m))
         if not matches:
             raise UsageError(f"--input_file: no file matches {pattern!r}")
         files.extend(matches)
@@ -202,12 +207,10 @@ def output_paths(output_file, num_shards):
 
 def read_vocabulary(vocab_file):
     """The vocabulary's tokens in id order (one per line, as BertPreprocessor reads them)."""
-    import tensorflow as tf
-
     try:
-        with tf.io.gfile.GFile(vocab_file, "rb") as f:
+        with tfrecord_file.open_file(vocab_file, "rb") as f:
             data = f.read()
-    except (tf.errors.OpError, OSError):
+    except OSError:
         raise UsageError(f"--vocab_file: cannot read {vocab_file!r}") from None
     try:
         text = data.decode("utf-8")
@@ -240,14 +243,6 @@ def validate_args(args):
             raise UsageError(message)
 
 
-def _open_text(path):
-    if "://" in path:
-        import tensorflow as tf
-
-        return tf.io.gfile.GFile(path, "rb")
-    return open(path, "rb")
-
-
 def read_windows(input_files, window_size):
     """Yields (documents, num_bytes): up to `window_size` documents, each a list of lines.
 
@@ -257,7 +252,7 @@ def read_windows(input_files, window_size):
     documents, document = [], []
     chars = num_bytes = 0
     for path in input_files:
-        with _open_text(path) as f:
+        with tfrecord_file.open_file(path, "rb") as f:
             for raw in f:
                 num_bytes += len(raw)
                 # Google's convert_to_unicode: UTF-8, dropping undecodable bytes.
@@ -281,33 +276,10 @@ def read_windows(input_files, window_size):
         yield documents, num_bytes
 
 
-class _Tokenizer:
-    """Lines -> (flat int32 ids, per-line lengths), in batches, in-graph (TF Text)."""
-
-    def __init__(self, vocab_file, vocabulary, do_lower_case):
-        self._preprocessor = _preprocessor(tuple(vocabulary), do_lower_case, vocab_file)
-
-    def __call__(self, lines):
-        import tensorflow as tf
-
-        ids, lengths = [], []
-        for start in range(0, len(lines), TOKENIZE_BATCH):
-            batch = tf.constant(lines[start:start + TOKENIZE_BATCH])  # [B]
-            ragged = self._preprocessor.tokenize(batch)  # [B, (tokens)]
-            ids.append(ragged.flat_values.numpy().astype(np.int32))
-            lengths.append(ragged.row_lengths().numpy())
-        if not ids:
-            return np.zeros(0, np.int32), np.zeros(0, np.int64)
-        return np.concatenate(ids), np.concatenate(lengths).astype(np.int64)
-
-
-@functools.lru_cache(maxsize=2)
-def _preprocessor(vocabulary, lowercase, vocab_file):
-    """A BertPreprocessor, kept for the next run in this process (it takes seconds)."""
-    from tfbert.text import BertPreprocessor
-
+def _tokenizer(vocabulary, lowercase, vocab_file):
+    """Google's FullTokenizer, exactly, in plain Python (no TensorFlow to import)."""
     try:
-        return BertPreprocessor(list(vocabulary), lowercase=lowercase)
+        return WordPieceTokenizer(vocabulary, lowercase=lowercase)
     except ValueError as e:
         raise UsageError(f"--vocab_file: {vocab_file!r}: {e}") from None
 
@@ -315,7 +287,7 @@ def _preprocessor(vocabulary, lowercase, vocab_file):
 def tokenize_window(documents, num_bytes, tokenizer, first_doc_id):
     """A _Window of the documents' non-empty lines and documents (Google drops both)."""
     lines = [line for doc in documents for line in doc]
-    ids, line_lengths = tokenizer(lines)
+    ids, line_lengths = tokenizer.tokenize_lines(lines)
     lines_per_doc = np.array([len(doc) for doc in documents], np.int64)
     doc_of_line = np.repeat(np.arange(len(documents)), lines_per_doc)
     keep = line_lengths > 0
@@ -426,55 +398,42 @@ class _TokenCache:
 
 
 def _work(task):
-    """Worker side: one window's serialized examples (numpy only)."""
+    """Worker side: one window's examples, framed as TFRecords (numpy only)."""
     pool, config, seed = task
-    return pretraining_instances.create_examples(pool, config, seed)
+    return tfrecord_file.frame(pretraining_instances.create_examples(pool, config, seed))
 
 
 class _Writers:
-    """Round-robin TFRecord writers on temporary names, renamed into place on success."""
+    """Round-robin TFRecord files on temporary names, renamed into place on success."""
 
     def __init__(self, paths, gzip):
-        import tensorflow as tf
-
-        self._tf = tf
         self.paths = paths
-        suffix = f".tmp-{os.getpid()}"
-        self.temp_paths = [p + suffix for p in paths]
-        options = tf.io.TFRecordOptions(compression_type="GZIP" if gzip else "")
-        self._writers = []
-        try:
-            for path in self.temp_paths:
-                self._writers.append(tf.io.TFRecordWriter(path, options))
-        except tf.errors.OpError as e:
-            self.abort()
-            raise UsageError(f"--output_file: cannot write {path!r} ({e.message})") from None
+        self._files = []
+        for path in paths:
+            try:
+                self._files.append(tfrecord_file.AtomicRecordFile(path, gzip))
+            except OSError as e:
+                self.abort()
+                raise UsageError(f"--output_file: cannot write {path!r} ({e})") from None
         self.count = 0
 
-    def write(self, records):
-        writers, n = self._writers, len(self._writers)
-        for record in records:
-            writers[self.count % n].write(record)
-            self.count += 1
+    def write(self, framed):
+        """Writes framed records: record i of the run goes to file i % len(paths)."""
+        n = len(self._files)
+        first = self.count % n
+        for i, f in enumerate(self._files):
+            # This batch's records for file i start at the batch position that continues
+            # the round-robin.
+            f.write_framed(framed[(i - first) % n::n])
+        self.count += len(framed)
 
     def commit(self):
-        for writer in self._writers:
-            writer.close()
-        for temp, path in zip(self.temp_paths, self.paths):
-            self._tf.io.gfile.rename(temp, path, overwrite=True)
+        for f in self._files:
+            f.commit()
 
     def abort(self):
-        for writer in self._writers:
-            try:
-                writer.close()
-            except Exception:  # noqa: BLE001 - cleaning up after a failure already raised
-                pass
-        for temp in self.temp_paths:
-            try:
-                if self._tf.io.gfile.exists(temp):
-                    self._tf.io.gfile.remove(temp)
-            except self._tf.errors.OpError:
-                pass
+        for f in self._files:
+            f.abort()
 
 
 def create_pretraining_data(args, executor=None):
@@ -486,7 +445,7 @@ def create_pretraining_data(args, executor=None):
     input_files = expand_input_files(args.input_file)
     paths = output_paths(args.output_file, args.num_shards)
     vocabulary = read_vocabulary(args.vocab_file)
-    tokenizer = _Tokenizer(args.vocab_file, vocabulary, args.do_lower_case)
+    tokenizer = _tokenizer(vocabulary, args.do_lower_case, args.vocab_file)
     config = pretraining_instances.InstanceConfig(
         max_seq_length=args.max_seq_length,
         max_predictions_per_seq=args.max_predictions_per_seq,
@@ -564,11 +523,16 @@ def create_pretraining_data(args, executor=None):
 
 
 def _file_size(path):
-    import tensorflow as tf
+    if tfrecord_file.is_url(path):
+        import tensorflow as tf
 
+        try:
+            return tf.io.gfile.stat(path).length
+        except tf.errors.OpError:
+            return 0
     try:
-        return tf.io.gfile.stat(path).length
-    except tf.errors.OpError:
+        return os.path.getsize(path)
+    except OSError:
         return 0
 
 

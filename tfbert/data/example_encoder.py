@@ -31,6 +31,8 @@ _FLOAT_LIST = bytes([2 << 3 | _LEN])
 _INT64_LIST = bytes([3 << 3 | _LEN])
 _LIST_VALUES = bytes([1 << 3 | _LEN])
 _MAX_VARINT_BYTES = 10
+# Records encoded per pass (see encode_pretraining_examples).
+_ROWS_PER_PASS = 512
 
 
 def varint(value):
@@ -181,6 +183,16 @@ def encode_pretraining_examples(
     N = len(input_ids)
     if N == 0:
         return []
+    if N > _ROWS_PER_PASS:
+        # The byte gathers below hold several int64 indexes per output byte: encode a few
+        # hundred rows at a time so that memory stays a small multiple of the output.
+        columns = (input_ids, input_mask, segment_ids, masked_lm_positions, masked_lm_ids,
+                   masked_lm_weights, next_sentence_labels)
+        records = []
+        for start in range(0, N, _ROWS_PER_PASS):
+            records += encode_pretraining_examples(
+                *(c[start:start + _ROWS_PER_PASS] for c in columns))
+        return records
     # 0/1 features are written as one raw byte per value (their one-byte varint).
     for name, values in (
         (RECORD_INPUT_MASK, input_mask),

@@ -1,15 +1,20 @@
-"""Text: the in-graph BERT tokenizer (BertPreprocessor) and vocabulary building."""
+"""Text: the in-graph BERT tokenizer (BertPreprocessor), its plain-Python twin for host
+jobs (WordPieceTokenizer) and vocabulary building."""
 
-from tfbert.text.bert_preprocessor import BertPreprocessor
+import importlib
 
-__all__ = ["BertPreprocessor", "build_vocabulary"]
+# Resolved on first use (PEP 562): WordPieceTokenizer must not import TensorFlow, and
+# `python -m tfbert.text.vocab` must not find its own module already imported here.
+_EXPORTS = {
+    "BertPreprocessor": "tfbert.text.bert_preprocessor",
+    "WordPieceTokenizer": "tfbert.text.wordpiece",
+    "build_vocabulary": "tfbert.text.vocab",
+}
+
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name):
-    # Imported on first use, so that `python -m tfbert.text.vocab` does not find its
-    # own module already imported by this package.
-    if name == "build_vocabulary":
-        from tfbert.text.vocab import build_vocabulary
-
-        return build_vocabulary
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'tfbert.text' has no attribute {name!r}")

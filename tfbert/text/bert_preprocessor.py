@@ -14,6 +14,7 @@ from tensorflow_text.core.pybinds import pywrap_fast_wordpiece_tokenizer_model_b
 from tfbert import features
 from tfbert.config import write_text_atomic
 from tfbert.text import normalization
+from tfbert.text.wordpiece import MAX_CHARS_PER_WORD
 
 CLS = "[CLS]"
 SEP = "[SEP]"
@@ -21,10 +22,8 @@ UNK = "[UNK]"
 PAD = "[PAD]"
 MASK = "[MASK]"
 
-# Google's WordpieceTokenizer turns a word longer than this many characters into [UNK].
-MAX_CHARS_PER_WORD = 200
 # A UTF-8 character has at most 4 bytes, so a word of more than this many bytes is
-# certainly over the limit above.
+# certainly over MAX_CHARS_PER_WORD.
 _MAX_BYTES_PER_WORD = 4 * MAX_CHARS_PER_WORD
 
 

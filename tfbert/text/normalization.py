@@ -54,15 +54,15 @@ _LENGTH_BITS = 6
 _MAX_MAPPED_BYTES = (1 << _LENGTH_BITS) - 1
 
 
-def _is_control(char):
-    # Google's _is_control: Cc and Cf, except the three it treats as whitespace.
+def is_control(char):
+    """Google's _is_control: Cc and Cf, except the three it treats as whitespace."""
     if char in "\t\n\r":
         return False
     return unicodedata.category(char) in ("Cc", "Cf")
 
 
-def _is_whitespace(char):
-    # Google's _is_whitespace.
+def is_whitespace(char):
+    """Google's _is_whitespace."""
     return char in " \t\n\r" or unicodedata.category(char) == "Zs"
 
 
@@ -90,9 +90,9 @@ def _icu_only_punctuation():
 def google_normalize_char(char, lowercase):
     """What Google's BasicTokenizer makes of `char` alone, before splitting."""
     cp = ord(char)
-    if cp == 0 or cp == 0xFFFD or _is_control(char):
+    if cp == 0 or cp == 0xFFFD or is_control(char):
         return ""
-    if _is_whitespace(char):
+    if is_whitespace(char):
         return " "
     if not lowercase:
         return char
