@@ -19,6 +19,8 @@ STACK = [
     # loads them through it.
     "tf-keras~=2.20.0",
     "tensorflow-serving-api~=2.20.0",
+    # TFRecord checksums without TensorFlow (tfbert.data.tfrecord_file); C, hardware CRC.
+    "google-crc32c",
     "grpcio",
     "safetensors",
     "seqeval",

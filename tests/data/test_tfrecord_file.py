@@ -12,7 +12,17 @@ import tensorflow as tf
 from tfbert.data import tfrecord_file
 
 
-def test_crc32c_check_values():
+@pytest.fixture(params=["c", "numpy"])
+def implementation(request, monkeypatch):
+    """Runs a test with google-crc32c's C extension, then with the numpy fallback."""
+    if request.param == "numpy":
+        monkeypatch.setattr(tfrecord_file, "_C_CRC32C", None)
+    elif tfrecord_file._C_CRC32C is None:
+        pytest.fail("google-crc32c's C extension is not installed (a tfbert dependency)")
+    return request.param
+
+
+def test_crc32c_check_values(implementation):
     # The standard check value of CRC-32C ("123456789"), and RFC 3720 (iSCSI) B.4's
     # 32 zero bytes, 32 0xFF bytes and 0, 1, ..., 31.
     records = [b"123456789", bytes(32), b"\xff" * 32, bytes(range(32)), b""]
@@ -24,7 +34,7 @@ def _random_records(rng, count, max_length):
     return [rng.randbytes(rng.randrange(max_length)) for _ in range(count)]
 
 
-def test_files_are_byte_identical_to_tensorflows(tmp_path):
+def test_files_are_byte_identical_to_tensorflows(tmp_path, implementation):
     rng = random.Random(0)
     # Every length mod 4 around the word size, long records, and more records than one
     # CRC batch.
@@ -74,13 +84,16 @@ def test_unwritable_path_is_an_os_error(tmp_path):
         tfrecord_file.open_file(str(tmp_path / "nope.txt"), "rb")
 
 
-def test_crc_batches_of_mixed_lengths_agree_with_one_at_a_time():
+def test_numpy_and_c_agree_on_mixed_lengths(monkeypatch):
     rng = random.Random(2)
     records = _random_records(rng, 3000, 300) + [b"x" * 5000]
     rng.shuffle(records)
+    c = tfrecord_file.crc32c(records)
+    monkeypatch.setattr(tfrecord_file, "_C_CRC32C", None)
     batch = tfrecord_file.crc32c(records)
     single = np.concatenate([tfrecord_file.crc32c([r]) for r in records[:200]])
     np.testing.assert_array_equal(batch[:200], single)
+    np.testing.assert_array_equal(batch, c)
 
 
 def test_imports_no_tensorflow():

@@ -9,11 +9,13 @@ A record on disk is
     uint64 length | uint32 masked_crc32c(length) | data | uint32 masked_crc32c(data)
 little-endian, where masked_crc32c(x) = rotate_right(crc32c(x), 15) + 0xA282EAD8.
 
-CRC32C runs on many records at once: the records are right-aligned in a zero-padded
-matrix and its columns are folded in 32-bit words (slicing by four), so the Python loop
-runs over the longest record's words, not over records or bytes. With a zero register,
-leading zero bytes leave a CRC unchanged; the standard all-ones start register is added
-afterwards, and since a CRC is linear over GF(2) its effect depends only on the length.
+CRC32C comes from google-crc32c's C extension (a dependency; hardware CRC instructions)
+when it is there. Otherwise numpy computes it on many records at once: the records are
+right-aligned in a zero-padded matrix and its columns are folded in 32-bit words (slicing
+by four), so the Python loop runs over the longest record's words, not over records or
+bytes. With a zero register, leading zero bytes leave a CRC unchanged; the standard
+all-ones start register is added afterwards, and since a CRC is linear over GF(2) its
+effect depends only on the length.
 """
 
 import functools
@@ -53,8 +55,23 @@ def _start_register_effect(max_length):
     return np.array(out, np.uint32)
 
 
+def _c_crc32c():
+    """google_crc32c.value if its C extension is installed, else None."""
+    try:
+        import google_crc32c
+    except ImportError:
+        return None
+    return google_crc32c.value if google_crc32c.implementation == "c" else None
+
+
+# Tests set this to None to check the numpy path.
+_C_CRC32C = _c_crc32c()
+
+
 def crc32c(records):
     """CRC32C of each bytes object in `records`, as a uint32 array."""
+    if _C_CRC32C is not None:
+        return np.fromiter(map(_C_CRC32C, records), np.uint32, len(records))
     out = np.empty(len(records), np.uint32)
     for start in range(0, len(records), _CRC_BATCH):
         out[start:start + _CRC_BATCH] = _crc32c_batch(records[start:start + _CRC_BATCH])
