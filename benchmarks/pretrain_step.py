@@ -76,6 +76,7 @@ TensorFlow runs float32 matmuls as TF32 by default, in the models and in the pea
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -103,6 +104,7 @@ NAMES = {
 SHORT = {"tfbert": "tfbert", "keras_hub": "KerasHub", "model_garden": "Model Garden"}
 PRECISIONS = ("fp32", "bf16")
 XLA_MODES = ("step", "grads", "off")
+PROFILE_STEPS = 2
 SEED = 0
 
 
@@ -140,6 +142,11 @@ def parse_args(argv=None):
                              "keep each one's fastest round (steadier on a shared machine)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="CPU cores every implementation may use (default: all)")
+    parser.add_argument("--profile", metavar="LOGDIR", default=None,
+                        help="after the timed steps, trace %d more steps of each "
+                             "implementation with the TF profiler (per-XLA-op events) into "
+                             "LOGDIR/<implementation>-<size>-<precision> for TensorBoard, and "
+                             "add a table of where each step's time goes" % PROFILE_STEPS)
     parser.add_argument("--worker_timeout", type=float, default=1800,
                         help="seconds one implementation's process may run")
     # Internal: one implementation (or the matmul peak) in this process; prints JSON.
@@ -229,7 +236,69 @@ def time_steps(run_step, args):
         started = time.perf_counter()
         run_step()
         steps.append(time.perf_counter() - started)
+    if args.profile:
+        args.profile_summary = profile_steps(run_step, args)
     return warmup, steps
+
+
+def profile_steps(run_step, args):
+    """Traces PROFILE_STEPS steps into LOGDIR/<worker>-<size>-<precision>; returns where
+    their time went: {"kinds": {kind: ms per step}, "top": [[op, ms per step], ...]}.
+
+    XLA on CPU emits one trace event per compiled op when --xla_cpu_enable_xprof_traceme
+    is on (run_worker sets it). Each op's event lasts while the thread that runs it works
+    on it; a matmul's shards on the other threads are inside that time, ops running side
+    by side on different threads are counted each, so the kinds can sum past the step.
+    """
+    import collections
+    import glob
+
+    import tensorflow as tf
+
+    logdir = os.path.join(args.profile, f"{args.worker}-{args.size}-{args.precision}")
+    tf.profiler.experimental.start(logdir)
+    try:
+        for _ in range(PROFILE_STEPS):
+            run_step()
+    finally:
+        tf.profiler.experimental.stop()
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    space = xplane_pb2.XSpace()
+    with open(sorted(glob.glob(f"{logdir}/plugins/profile/*/*.xplane.pb"))[-1], "rb") as f:
+        space.ParseFromString(f.read())
+    kinds, ops = collections.Counter(), collections.Counter()
+    for plane in space.planes:
+        names = {k: v.name for k, v in plane.event_metadata.items()}
+        for line in plane.lines:
+            if line.name == "python":  # the Python thread: tf.function names, not XLA ops
+                continue
+            for event in line.events:
+                name = names.get(event.metadata_id, "")
+                kind = xla_op_kind(name)
+                if kind:
+                    ms = event.duration_ps / 1e9 / PROFILE_STEPS
+                    kinds[kind] += ms
+                    ops[name.removesuffix(".clone")] += ms
+    return {"kinds": dict(kinds), "top": [[n, ms] for n, ms in ops.most_common(8)],
+            "logdir": logdir}
+
+
+def xla_op_kind(name):
+    """The kind of an XLA CPU op from its trace event name (`dot.12`, `add_rsqrt_fusion`,
+    `reduce-window.3.clone`), or None for other events: TensorFlow's own (CamelCase or
+    with "::") and the `call.N` wrappers around fused ops, whose insides are traced too."""
+    if not re.fullmatch(r"[a-z][a-z0-9_.-]*", name) or re.fullmatch(r"call\.\d+", name):
+        return None
+    op = name.split(".")[0]
+    if op.startswith("dot") or "_dot" in op or "convolution" in op:
+        return "matmul"
+    if "rng" in op or "philox" in op or "threefry" in op:
+        return "random bits"
+    if "fusion" in op:
+        return "fused elementwise / reductions"
+    return op if op in ("reduce-window", "scatter", "gather", "sort", "copy", "concatenate",
+                        "transpose", "reduce") else "other ops"
 
 
 def split_xla_step(tf, grads_fn, apply_fn, xla):
@@ -471,7 +540,13 @@ def run_worker(args):
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     if REPO_ROOT not in sys.path:
         sys.path.insert(0, REPO_ROOT)
+    if args.profile:
+        # One trace event per XLA op (see profile_steps); set before TensorFlow starts.
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + " --xla_cpu_enable_xprof_traceme=true").strip()
     result = WORKERS[args.worker](args)
+    if getattr(args, "profile_summary", None):
+        result["profile"] = args.profile_summary
     print(json.dumps(result), flush=True)
 
 
@@ -484,6 +559,8 @@ def worker_command(args, worker, size=None, precision=None):
                "--batch_size", str(args.batch_size), "--seq_length", str(args.seq_length),
                "--max_predictions", str(args.max_predictions), "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--xla", args.xla, "--peak_n", str(args.peak_n)]
+    if args.profile and worker != "peak":
+        command += ["--profile", os.path.abspath(args.profile)]
     if size:
         command += ["--size", size, "--precision", precision]
     return command
@@ -510,6 +587,34 @@ def rounds_note(rounds):
             "; one round (--rounds N alternates N rounds and keeps each fastest)")
 
 
+
+
+def profile_report(report, args, results):
+    """Tables of where each profiled step's time went (see profile_steps)."""
+    kinds = ["matmul", "fused elementwise / reductions", "random bits", "reduce-window",
+             "scatter", "gather", "sort", "copy", "concatenate", "transpose", "reduce",
+             "other ops"]
+    rows, top_rows = [], []
+    for (size, precision, impl), r in results.items():
+        profile = r.get("profile")
+        if not profile:
+            continue
+        step_ms = percentile(r["steps"], 50) * 1000
+        shown = [k for k in kinds if profile["kinds"].get(k, 0) >= 1]
+        rows.append([size, precision, NAMES[impl], f"{step_ms:.0f}"]
+                    + [", ".join(f"{k} {profile['kinds'][k]:.0f}" for k in shown)])
+        top_rows.append([size, precision, NAMES[impl],
+                         ", ".join(f"{n} {ms:.1f}" for n, ms in profile["top"])])
+    report.note(
+        f"Profile (--profile {args.profile}): {PROFILE_STEPS} more steps per row traced with "
+        "the TF profiler, one event per XLA op (`tensorboard --logdir "
+        f"{args.profile}` shows the traces). Milliseconds per step each kind of op held "
+        "the thread that ran it; ops on different threads overlap, so kinds can sum past "
+        "the step, and the gap below it is time no XLA op ran (framework, waiting).")
+    report.table(["size", "precision", "implementation", "ms/step",
+                  "ms per step in XLA ops, by kind"], rows)
+    report.note("The longest ops (ms per step):")
+    report.table(["size", "precision", "implementation", "ops"], top_rows)
 
 
 def main(argv=None):
@@ -606,6 +711,8 @@ def main(argv=None):
            if peak.get("device") == "CPU" and "bf16" in args.precisions else "")
         + " Versions: " + "; ".join(f"{SHORT[k]}: {v}"
                                     for k, v in versions.items() if v) + ".")
+    if args.profile:
+        profile_report(report, args, results)
     report.note(f"Total wall time {time.time() - started:.0f} s.")
     report.bar_chart(labels, None, "sequences/s", groups=groups)
     report.write()

@@ -2,6 +2,7 @@ import keras
 from keras import ops
 
 from tfbert.layers.activations import get_activation
+from tfbert.layers.dropout import Dropout
 
 
 @keras.saving.register_keras_serializable(package="tfbert")
@@ -53,8 +54,8 @@ class TransformerBlock(keras.layers.Layer):
         self.output_layer_norm = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, dtype="float32", name="output_layer_norm"
         )
-        self.attention_dropout_layer = keras.layers.Dropout(attention_dropout, dtype=self.dtype_policy)
-        self.dropout_layer = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+        self.attention_dropout_layer = Dropout(attention_dropout, dtype=self.dtype_policy)
+        self.dropout_layer = Dropout(dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape=None):
         h = (None, None, self.hidden_dim)
