@@ -2,6 +2,7 @@
 
 import importlib as _importlib
 import os as _os
+import sys as _sys
 
 # tfbert is written with keras.ops over the TensorFlow backend (tf.data, tf.distribute,
 # SavedModel export and TF Text ops all need it).
@@ -12,8 +13,6 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
 
-# The public names resolve on first use (PEP 562): host-only tools such as
-# `python -m tfbert.data.create_pretraining_data` never import TensorFlow.
 _EXPORTS = {
     "BertConfig": "tfbert.config",
     "BertEncoder": "tfbert.models",
@@ -27,9 +26,20 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-# Subpackages, importable as attributes too (`import tfbert; tfbert.models.presets`).
-_SUBMODULES = ("config", "convert", "data", "export", "features", "fileio", "layers",
-               "models", "serving", "text", "train")
+# Host-side tools that need numpy only, never TensorFlow (seconds and most of a GB to
+# import): run as `python -m` they get the package without the API below.
+_HOST_ONLY_MAINS = ("tfbert.data.create_pretraining_data",)
+
+
+def _lazy():
+    """True when the API is imported on first use instead of now: under a host-only
+    `python -m` tool, or with TFBERT_LAZY_IMPORTS=1 (for scripts that use only
+    tfbert.text.WordPieceTokenizer or tfbert.data.tfrecord_file)."""
+    if _os.environ.get("TFBERT_LAZY_IMPORTS") == "1":
+        return True
+    argv = list(getattr(_sys, "orig_argv", ()))
+    return any(a == "-m" and argv[i + 1:i + 2] == [m]
+               for i, a in enumerate(argv) for m in _HOST_ONLY_MAINS)
 
 
 def __getattr__(name):
@@ -37,10 +47,12 @@ def __getattr__(name):
         value = getattr(_importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value
-    if name in _SUBMODULES:
-        return _importlib.import_module(f"tfbert.{name}")
     raise AttributeError(f"module 'tfbert' has no attribute {name!r}")
 
 
-def __dir__():
-    return sorted(list(globals()) + __all__)
+if not _lazy():
+    # Importing the models and layers also registers tfbert's Keras classes, which
+    # keras.models.load_model needs for a saved .keras file.
+    for _name, _module in _EXPORTS.items():
+        globals()[_name] = getattr(_importlib.import_module(_module), _name)
+    del _name, _module

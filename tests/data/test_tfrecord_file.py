@@ -100,5 +100,8 @@ def test_imports_no_tensorflow():
     code = ("import sys; from tfbert.data import tfrecord_file as t; "
             "assert len(t.frame([b'a', b'bc'])) == 2; "
             "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    # `import tfbert` brings the whole API (TensorFlow included) unless told otherwise.
+    env = dict(os.environ, TFBERT_LAZY_IMPORTS="1")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env)
     assert result.returncode == 0, result.stderr

@@ -297,3 +297,21 @@ def test_encoder_of_a_token_classifier_directory_trains_its_pooler_again(tmp_pat
     encoder = tfbert.BertEncoder.from_preset(str(tmp_path / "ner"))
     classifier = tfbert.BertClassifier(encoder, num_classes=2)
     assert any("pooler" in v.path for v in classifier.trainable_variables)
+
+
+def test_import_tfbert_is_enough_to_load_a_saved_keras_model(tmp_path):
+    # `import tfbert` registers its Keras classes, as keras.models.load_model needs.
+    import subprocess
+    import sys
+
+    encoder = tfbert.BertEncoder(vocabulary_size=100, num_layers=1, hidden_dim=16,
+                                 num_heads=2, intermediate_dim=32, max_sequence_length=16)
+    ids = np.ones((1, 8), "int32")
+    encoder({"input_word_ids": ids, "input_mask": ids, "input_type_ids": 0 * ids})
+    path = str(tmp_path / "encoder.keras")
+    encoder.save(path)
+    code = ("import keras, tfbert; "
+            f"model = keras.models.load_model({path!r}); "
+            "assert type(model).__name__ == 'BertEncoder', type(model)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

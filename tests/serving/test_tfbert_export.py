@@ -74,3 +74,20 @@ def test_tfbert_export_serves_like_the_savedmodel(exported):
     finally:
         grpc_client.close()
         server.stop()
+
+
+def test_the_server_registers_the_tf_text_ops_itself():
+    # Like TF Serving's binary the server must know the TF Text ops an export's graph
+    # holds by itself, not through tfbert's tokenizer happening to be imported (which
+    # TFBERT_LAZY_IMPORTS=1 keeps `import tfbert` from doing).
+    import subprocess
+    import sys
+
+    code = ("import sys; import tfbert.serving.servable; "
+            "from tensorflow.python.framework import op_def_registry as r; "
+            "assert r.get('FastWordpieceTokenizeWithOffsets') is not None, 'not registered'; "
+            "assert 'tfbert.text.bert_preprocessor' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+                                   TFBERT_LAZY_IMPORTS="1"))
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -11,6 +11,7 @@ import threading
 import grpc
 import numpy as np
 import tensorflow as tf
+import tensorflow_text  # noqa: F401  (registers the TF Text ops TF Serving's binary links)
 from tensorflow.core.protobuf import saved_model_pb2
 
 from tfbert.serving.serving_error import (
