@@ -61,3 +61,16 @@ def max_abs_diff(a, b):
         float(np.max(np.abs(np.asarray(x, "float64") - np.asarray(y, "float64"))))
         for x, y in zip(flat_a, flat_b)
     )
+
+
+def assert_runs_without_tensorflow(code):
+    """Runs Python `code` in a fresh process with TFBERT_LAZY_IMPORTS=1 (else `import
+    tfbert` brings the whole API, TensorFlow included) and checks that it succeeds
+    without importing tensorflow."""
+    import subprocess
+    import sys
+
+    code += "\nimport sys\nassert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=dict(os.environ, TFBERT_LAZY_IMPORTS="1"))
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -4,6 +4,8 @@ import importlib as _importlib
 import os as _os
 import sys as _sys
 
+from tfbert._lazy import lazy_getattr as _lazy_getattr
+
 # tfbert is written with keras.ops over the TensorFlow backend (tf.data, tf.distribute,
 # SavedModel export and TF Text ops all need it).
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -42,13 +44,7 @@ def _lazy():
                for i, a in enumerate(argv) for m in _HOST_ONLY_MAINS)
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(_importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'tfbert' has no attribute {name!r}")
-
+__getattr__ = _lazy_getattr(__name__, _EXPORTS)
 
 if not _lazy():
     # Importing the models and layers also registers tfbert's Keras classes, which

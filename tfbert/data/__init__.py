@@ -4,7 +4,7 @@ Names resolve lazily (PEP 562), so `python -m tfbert.data.create_pretraining_dat
 numpy-only worker processes do not import TensorFlow before they need it.
 """
 
-import importlib
+from tfbert._lazy import lazy_getattr
 
 _EXPORTS = {
     "pretraining_dataset": "tfbert.data.records",
@@ -14,9 +14,4 @@ _EXPORTS = {
 }
 
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'tfbert.data' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -1,7 +1,7 @@
 """Text: the in-graph BERT tokenizer (BertPreprocessor), its plain-Python twin for host
 jobs (WordPieceTokenizer) and vocabulary building."""
 
-import importlib
+from tfbert._lazy import lazy_getattr
 
 # Resolved on first use (PEP 562): WordPieceTokenizer must not import TensorFlow, and
 # `python -m tfbert.text.vocab` must not find its own module already imported here.
@@ -12,9 +12,4 @@ _EXPORTS = {
 }
 
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'tfbert.text' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
