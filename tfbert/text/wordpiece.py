@@ -76,14 +76,7 @@ class WordPieceTokenizer:
         invalid bytes), as a list of ints."""
         if isinstance(text, bytes):
             text = text.decode("utf-8", "ignore")
-        ids = []
-        cache = self._cache
-        for token in self._clean_text(text).split():
-            token_ids = cache.get(token)
-            if token_ids is None:
-                token_ids = self._token_ids(token)
-            ids += token_ids
-        return ids
+        return self.tokenize_lines([text])[0].tolist()
 
     def tokenize_lines(self, lines):
         """(flat int32 ids [N], int64 ids per line [L]) of a list of str lines."""
