@@ -196,26 +196,23 @@ class Trainer:
                 grads = self._clip_global(grads)
             self.optimizer.apply_gradients(zip(grads, [v for _, v in pairs]))
 
-        if self._fuses_update():
-            @tf.function(jit_compile=True)
-            def compute_and_update(inputs, labels, denominators):
-                grads, sums = self._replica_grads(inputs, labels, denominators)
-                update(grads)
-                return sums
+        fused = self._fuses_update()
+        compute = self._replica_grads
+        if self.config.trainer.jit_compile and not fused:
+            # XLA compiles forward and backward; the optimizer update stays outside
+            # because its cross-replica merge cannot live inside an XLA cluster.
+            compute = tf.function(self._replica_grads, jit_compile=True)
 
-            def replica_step(inputs, labels):
-                return compute_and_update(inputs, labels, self._global_denominators(labels))
-        else:
-            compute = self._replica_grads
-            if self.config.trainer.jit_compile:
-                # XLA compiles forward and backward; the optimizer update stays outside
-                # because its cross-replica merge cannot live inside an XLA cluster.
-                compute = tf.function(self._replica_grads, jit_compile=True)
+        def compute_and_update(inputs, labels, denominators):
+            grads, sums = compute(inputs, labels, denominators)
+            update(grads)
+            return sums
 
-            def replica_step(inputs, labels):
-                grads, sums = compute(inputs, labels, self._global_denominators(labels))
-                update(grads)
-                return sums
+        if fused:
+            compute_and_update = tf.function(compute_and_update, jit_compile=True)
+
+        def replica_step(inputs, labels):
+            return compute_and_update(inputs, labels, self._global_denominators(labels))
 
         def one_step(iterator):
             sums = self._reduce(self.strategy.run(replica_step, args=next(iterator)))
