@@ -166,6 +166,50 @@ def test_activation_forms_differ_and_unknown_is_rejected():
         tiny_encoder(activation="swishy")
 
 
+def test_exact_gelu_is_the_erf_form_and_matches_keras():
+    from tfbert.layers.activations import gelu_erf
+
+    x = np.linspace(-12, 12, 20001).astype("float32")
+    ours = np.asarray(gelu_erf(x))
+    np.testing.assert_allclose(ours, np.asarray(keras.activations.gelu(x, approximate=False)),
+                               atol=2e-6)
+    # x * Phi(x) from the float64 erf.
+    from math import erf, sqrt
+
+    reference = np.array([v * 0.5 * (1 + erf(v / sqrt(2))) for v in x.astype("float64")])
+    np.testing.assert_allclose(ours, reference, atol=2e-6)
+
+
+@pytest.mark.parametrize("policy", [None, "mixed_bfloat16"])
+def test_first_token_only_block_equals_the_first_row_of_the_full_block(policy):
+    encoder = tiny_encoder(dtype=policy)
+    x = inputs(batch=4, seq=12, pad_from=7)
+    hidden = encoder.embeddings(x["input_word_ids"], x["input_type_ids"])
+    block = encoder.transformer_layers[0]
+    full = block(hidden, x["input_mask"])                                  # [B, S, H]
+    first = block(hidden, x["input_mask"], first_token_only=True)          # [B, 1, H]
+    assert first.shape == (4, 1, TINY["hidden_dim"]) and first.dtype == full.dtype
+    atol = 2e-2 if policy else 1e-6
+    np.testing.assert_allclose(np.asarray(first[:, 0], "float32"),
+                               np.asarray(full[:, 0], "float32"), atol=atol)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_classifier_logits_equal_the_encoders_pooled_output_through_the_head(jit_compile):
+    # BertClassifier.call runs the last block for the first token only; the logits must be
+    # those of the full encoder's pooled output, with and without XLA.
+    import tensorflow as tf
+
+    encoder = tiny_encoder(num_layers=3)
+    model = tfbert.BertClassifier(encoder, num_classes=3)
+    x = inputs(batch=5, seq=12, pad_from=6)
+    full = model.classifier(encoder(x)["pooled_output"])
+    logits = tf.function(lambda x: model(x, training=False), jit_compile=jit_compile)(x)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(full), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(encoder.pooled_output(x)),
+                               np.asarray(encoder(x)["pooled_output"]), atol=1e-6)
+
+
 def test_fit_memorises_a_fixed_batch():
     encoder = tiny_encoder(dropout=0.0, attention_dropout=0.0)
     model = tfbert.BertClassifier(encoder, num_classes=2, dropout=0.0)

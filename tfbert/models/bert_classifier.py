@@ -31,3 +31,11 @@ class BertClassifier(BertTask):
             inputs=inputs, outputs=logits, **kwargs,
         )
         self.classifier = head
+        self.classifier_dropout = dropout_layer
+
+    def call(self, inputs, training=False):
+        # The functional graph above, except that the encoder runs its last block for
+        # the first token only (BertEncoder.pooled_output): same logits, less work.
+        pooled = self.encoder.pooled_output(inputs, training=training)
+        pooled = self.classifier_dropout(pooled, training=training)
+        return ops.cast(self.classifier(pooled), "float32")
