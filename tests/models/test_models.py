@@ -194,13 +194,14 @@ def test_first_token_only_block_equals_the_first_row_of_the_full_block(policy):
                                np.asarray(full[:, 0], "float32"), atol=atol)
 
 
-@pytest.mark.parametrize("jit_compile", [False, True])
-def test_classifier_logits_equal_the_encoders_pooled_output_through_the_head(jit_compile):
+@pytest.mark.parametrize("jit_compile,num_layers", [(False, 3), (True, 3), (False, 0)])
+def test_classifier_logits_equal_the_encoders_pooled_output_through_the_head(jit_compile,
+                                                                              num_layers):
     # BertClassifier.call runs the last block for the first token only; the logits must be
     # those of the full encoder's pooled output, with and without XLA.
     import tensorflow as tf
 
-    encoder = tiny_encoder(num_layers=3)
+    encoder = tiny_encoder(num_layers=num_layers)
     model = tfbert.BertClassifier(encoder, num_classes=3)
     x = inputs(batch=5, seq=12, pad_from=6)
     full = model.classifier(encoder(x)["pooled_output"])

@@ -112,10 +112,9 @@ class BertEncoder(keras.Model):
         x = self.embeddings(
             inputs[features.INPUT_WORD_IDS], inputs[features.INPUT_TYPE_IDS], training=training)
         mask = inputs[features.INPUT_MASK]
-        *blocks, last = self.transformer_layers
-        for block in blocks:
-            x = block(x, mask, training=training)
-        x = last(x, mask, training=training, first_token_only=True)   # [B, 1, H]
+        last = len(self.transformer_layers) - 1
+        for i, block in enumerate(self.transformer_layers):
+            x = block(x, mask, training=training, first_token_only=i == last)  # last: [B, 1, H]
         return self.pooler(x[:, 0, :])
 
     @property
