@@ -101,6 +101,25 @@ def test_mlm_decoder_is_tied_to_word_embeddings():
     assert vh == ["embeddings/word_embeddings/embeddings"]
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_mlm_logits_are_the_transformed_rows_times_the_embedding_table_plus_bias(jit_compile):
+    import tensorflow as tf
+
+    encoder = tiny_encoder()
+    pretrainer = tfbert.BertPretrainer(encoder)
+    head = pretrainer.mlm_head
+    head.output_bias.assign(np.linspace(-1, 1, 97).astype("float32"))
+    x = with_positions(inputs())
+    logits = tf.function(lambda x: pretrainer(x)["mlm_logits"], jit_compile=jit_compile)(x)
+    sequence = encoder(x)["sequence_output"].numpy()
+    rows = np.take_along_axis(sequence, x[features.MASKED_LM_POSITIONS][:, :, None], axis=1)
+    rows = head.layer_norm(head.transform(rows)).numpy()                   # [B, P, H]
+    table = encoder.word_embeddings.embeddings.numpy()                     # [V, H]
+    expected = rows @ table.T + head.output_bias.numpy()
+    assert logits.shape == (3, 3, 97)
+    np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-5)
+
+
 def test_mlm_head_only_reads_masked_positions():
     encoder = tiny_encoder()
     pretrainer = tfbert.BertPretrainer(encoder)
