@@ -5,6 +5,11 @@ from tfbert import features
 from tfbert.models.bert_task import BertTask
 
 
+def _logits(head, dropout_layer, pooled, training=None):
+    """The head on the pooled output [B, H]: float32 logits [B, num_classes]."""
+    return ops.cast(head(dropout_layer(pooled, training=training)), "float32")
+
+
 @keras.saving.register_keras_serializable(package="tfbert")
 class BertClassifier(BertTask):
     """Sentence (or sentence-pair) classification on the pooled output.
@@ -25,7 +30,7 @@ class BertClassifier(BertTask):
         )
         inputs = self.encoder_inputs()
         pooled = encoder(inputs)[features.POOLED_OUTPUT]
-        logits = ops.cast(head(dropout_layer(pooled)), "float32")
+        logits = _logits(head, dropout_layer, pooled)
         super().__init__(
             encoder, {"num_classes": num_classes, "dropout": dropout},
             inputs=inputs, outputs=logits, **kwargs,
@@ -37,5 +42,4 @@ class BertClassifier(BertTask):
         # The functional graph above, except that the encoder runs its last block for
         # the first token only (BertEncoder.pooled_output): same logits, less work.
         pooled = self.encoder.pooled_output(inputs, training=training)
-        pooled = self.classifier_dropout(pooled, training=training)
-        return ops.cast(self.classifier(pooled), "float32")
+        return _logits(self.classifier, self.classifier_dropout, pooled, training)
