@@ -27,7 +27,7 @@ from tfbert.data import squad
 from tfbert.fileio import write_text_atomic
 from tfbert.models import presets
 from tfbert.train import qa_postprocess
-from tfbert.train.tasks import correct, make_preprocessor, sparse_ce
+from tfbert.train.tasks import make_preprocessor, sparse_ce_and_correct
 
 FORMATS = ("squad", "tfds")
 # The label that marks real windows (1) and evaluation padding (0).
@@ -180,8 +180,10 @@ class QuestionAnsweringTask:
         outputs = model(inputs, training=training)
         # B=batch, S=sequence; positions and weights [B], logits [B, S].
         weight = labels[WEIGHT]
-        start_ce = sparse_ce(labels[features.START_LOGITS], outputs[features.START_LOGITS])
-        end_ce = sparse_ce(labels[features.END_LOGITS], outputs[features.END_LOGITS])
+        start_ce, start_correct = sparse_ce_and_correct(
+            labels[features.START_LOGITS], outputs[features.START_LOGITS])
+        end_ce, end_correct = sparse_ce_and_correct(
+            labels[features.END_LOGITS], outputs[features.END_LOGITS])
         start_loss_sum = tf.reduce_sum(start_ce * weight)
         end_loss_sum = tf.reduce_sum(end_ce * weight)
         # Google's run_squad: (mean start loss + mean end loss) / 2 over the global batch;
@@ -190,10 +192,8 @@ class QuestionAnsweringTask:
         sums = {
             "start_loss_sum": start_loss_sum,
             "end_loss_sum": end_loss_sum,
-            "start_correct": tf.reduce_sum(
-                correct(labels[features.START_LOGITS], outputs[features.START_LOGITS]) * weight),
-            "end_correct": tf.reduce_sum(
-                correct(labels[features.END_LOGITS], outputs[features.END_LOGITS]) * weight),
+            "start_correct": tf.reduce_sum(start_correct * weight),
+            "end_correct": tf.reduce_sum(end_correct * weight),
             "windows": tf.reduce_sum(weight),
         }
         return loss, sums

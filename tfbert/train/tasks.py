@@ -33,15 +33,33 @@ def make_preprocessor(config):
                             lowercase=data.lowercase)
 
 
-def sparse_ce(labels, logits):
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32)
-    )
+def sparse_ce_and_correct(labels, logits):
+    """Softmax cross-entropy of integer `labels` and 1.0 where the label's logit is its row's
+    largest (else 0.0), both float32 in the labels' shape. Gradient: softmax - one_hot.
 
-
-def correct(labels, logits):
-    predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
-    return tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32)
+    An exact tie with the maximum counts as correct (argmax would pick the first of the
+    tied classes). Written for XLA, where it is cheaper than TensorFlow's fused
+    cross-entropy plus an argmax; on BERT-mini's pretraining step (160 x 30,522 MLM
+    logits, 2-core CPU) it took the loss and accuracy's forward + backward from
+    120-142 to 89-112 ms in an isolated A/B:
+    - one max serves the loss's shift and the accuracy, and the label's logit comes from
+      a one-hot select fused into the reductions. XLA's argmax is a (value, index)
+      reduction on one thread (8-16 ms of that step); gathering the label's logit made
+      XLA copy all the logits into a new layout.
+    - the math runs on the transposed [classes, rows]. The MLM head's logits come out of
+      a [V, H] x [H, rows] matmul and are transposed; here the two transposes cancel, so
+      the loss reads, and its gradient writes, the matmul's own layout. For the other
+      tasks' few classes the transpose costs nothing measurable.
+    """
+    classes = tf.shape(logits)[-1]
+    logits = tf.transpose(tf.reshape(tf.cast(logits, tf.float32), [-1, classes]))  # [C, N]
+    flat_labels = tf.reshape(tf.cast(labels, tf.int32), [-1])                       # [N]
+    shifted = logits - tf.stop_gradient(tf.reduce_max(logits, axis=0, keepdims=True))
+    is_label = tf.range(classes)[:, None] == flat_labels[None, :]
+    label_logit = tf.reduce_sum(tf.where(is_label, shifted, 0.0), axis=0)
+    ce = tf.math.log(tf.reduce_sum(tf.exp(shifted), axis=0)) - label_logit
+    hit = tf.cast(label_logit >= 0.0, tf.float32)
+    return tf.reshape(ce, tf.shape(labels)), tf.reshape(hit, tf.shape(labels))
 
 
 class PretrainingTask:
@@ -128,13 +146,13 @@ class PretrainingTask:
         weights = tf.cast(labels[features.RECORD_MASKED_LM_WEIGHTS], tf.float32)
         mlm_ids = labels[features.RECORD_MASKED_LM_IDS]
         mlm_logits = outputs[features.MLM_LOGITS]
-        mlm_ce = sparse_ce(mlm_ids, mlm_logits)
+        mlm_ce, mlm_correct = sparse_ce_and_correct(mlm_ids, mlm_logits)
         mlm_loss_sum = tf.reduce_sum(mlm_ce * weights)
         mlm_weight = tf.reduce_sum(weights)
         # Google's records store the label as a [1] feature: [B, 1] here.
         nsp_labels = tf.reshape(labels[features.RECORD_NEXT_SENTENCE_LABELS], [-1])
         nsp_logits = outputs[features.NSP_LOGITS]
-        nsp_ce = sparse_ce(nsp_labels, nsp_logits)
+        nsp_ce, nsp_correct = sparse_ce_and_correct(nsp_labels, nsp_logits)
         nsp_loss_sum = tf.reduce_sum(nsp_ce)
         loss = mlm_loss_sum / tf.maximum(denominators["mlm_weight"], 1.0)
         if self.config.data.nsp:
@@ -143,9 +161,9 @@ class PretrainingTask:
         sums = {
             "mlm_loss_sum": mlm_loss_sum,
             "mlm_weight": mlm_weight,
-            "mlm_correct": tf.reduce_sum(correct(mlm_ids, mlm_logits) * weights),
+            "mlm_correct": tf.reduce_sum(mlm_correct * weights),
             "nsp_loss_sum": nsp_loss_sum,
-            "nsp_correct": tf.reduce_sum(correct(nsp_labels, nsp_logits)),
+            "nsp_correct": tf.reduce_sum(nsp_correct),
             "nsp_count": tf.cast(tf.shape(nsp_labels)[0], tf.float32),
         }
         return loss, sums

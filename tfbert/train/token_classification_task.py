@@ -25,7 +25,7 @@ import tensorflow as tf
 from tfbert.data import ner
 from tfbert.models import presets
 from tfbert.train import ner_metrics
-from tfbert.train.tasks import correct, make_preprocessor, sparse_ce
+from tfbert.train.tasks import make_preprocessor, sparse_ce_and_correct
 
 FORMATS = ("conll", "tfds")
 TASK_NAME = "token_classification"
@@ -176,13 +176,14 @@ class TokenClassificationTask:
         weights = tf.cast(labels != ner.IGNORE, tf.float32)                # [B, S]
         # IGNORE is no class id; any valid id stands in, its weight is 0.
         safe_labels = tf.maximum(labels, 0)
-        loss_sum = tf.reduce_sum(sparse_ce(safe_labels, logits) * weights)
+        ce, hit = sparse_ce_and_correct(safe_labels, logits)
+        loss_sum = tf.reduce_sum(ce * weights)
         # The mean over the global batch's labelled pieces (summed over replicas).
         loss = loss_sum / tf.maximum(denominators["labelled"], 1.0)
         sums = {
             "loss_sum": loss_sum,
             "labelled": tf.reduce_sum(weights),
-            "correct": tf.reduce_sum(correct(safe_labels, logits) * weights),
+            "correct": tf.reduce_sum(hit * weights),
         }
         return loss, sums
 
