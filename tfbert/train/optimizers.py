@@ -80,8 +80,11 @@ class AdamW(keras.optimizers.AdamW):
             v_max = self._velocity_hats[self._get_variable_index(variable)]
             self.assign(v_max, ops.maximum(v_max, v))
             v = v_max
-        # m / bias_1 / (sqrt(v / bias_2) + eps), with the divisions folded into scalars.
-        denominator = ops.add(ops.divide(ops.sqrt(v), ops.sqrt(bias_2)), self.epsilon)
+        # m / bias_1 / (sqrt(v / bias_2) + eps), with the divisions folded into scalars:
+        # one square root and one division per element. On CPU those two dominate the
+        # update (it is compute-bound), and a second division, sqrt(v) / sqrt(bias_2),
+        # took the update of BERT-mini's 30,522 x 256 embedding from 17 to 21 ms.
+        denominator = ops.add(ops.multiply(ops.sqrt(v), 1.0 / ops.sqrt(bias_2)), self.epsilon)
         self.assign_sub(variable, ops.divide(ops.multiply(m, lr / bias_1), denominator))
 
 
