@@ -69,8 +69,9 @@ fewer FLOPs than counted here: under 0.01% at any size.
 The utilisation divides FLOPs/step / (median seconds/step) by this machine's MEASURED
 matmul peak in the same precision: the best of several runs of a --peak_n square
 `tf.linalg.matmul` (chained inside one `tf.function(jit_compile=True)`, so launch
-overhead does not count), in its own process, once per round. On NVIDIA Ampere and newer GPUs
-TensorFlow runs float32 matmuls as TF32 by default, in the models and in the peak alike.
+overhead does not count), in its own process, in every round. On NVIDIA Ampere and
+newer GPUs TensorFlow runs float32 matmuls as TF32 by default, in the models and in the
+peak alike.
 """
 
 import argparse

@@ -48,3 +48,9 @@ def test_bfloat16_logits_give_float32_results_and_a_tie_with_the_max_counts_as_c
     assert ce.dtype == tf.float32
     expected = [np.log(np.exp(1 - 3) + 2), np.log(1 + np.exp(-2) + np.exp(-3)) + 2]
     np.testing.assert_allclose(ce.numpy(), expected, rtol=1e-6)
+
+
+def test_a_label_outside_the_classes_is_never_correct():
+    logits = tf.zeros([3, 4])  # every class ties with the max
+    _, hit = sparse_ce_and_correct(tf.constant([0, 4, -1]), logits)
+    np.testing.assert_array_equal(hit.numpy(), [1.0, 0.0, 0.0])

@@ -14,8 +14,9 @@ def _in_float32(fn):
     XLA rounds every intermediate of a low-precision elementwise chain to that type: in
     bfloat16 the exact GELU's forward and backward made ~17 roundings per element (and
     its 2/sqrt(pi) became 1.125). On a CPU without bf16 instructions each rounding is
-    emulated; BERT-mini's bf16 pretraining step spent ~35 ms in them. In float32 there
-    is one rounding, the result's, and the math is as accurate as float32's.
+    emulated: in profiles of BERT-mini's bf16 pretraining step (2-core CPU) the GELU's
+    fusions took ~35 ms a step, and ~18 ms computed this way. In float32 there is one
+    rounding, the result's, and the math is as accurate as float32's.
     """
 
     def wrapped(x):
