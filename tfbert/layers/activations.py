@@ -1,5 +1,6 @@
 """Activation lookup by Google's / HF's `hidden_act` names."""
 
+import functools
 import math
 
 import keras
@@ -19,14 +20,13 @@ def _in_float32(fn):
     rounding, the result's, and the math is as accurate as float32's.
     """
 
+    @functools.wraps(fn)
     def wrapped(x):
         x = tf.convert_to_tensor(x)
         if x.dtype not in (tf.bfloat16, tf.float16):
             return fn(x)
         return tf.cast(fn(tf.cast(x, tf.float32)), x.dtype)
 
-    wrapped.__name__ = fn.__name__
-    wrapped.__doc__ = fn.__doc__
     return wrapped
 
 
