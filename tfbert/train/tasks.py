@@ -51,7 +51,7 @@ def sparse_ce_and_correct(labels, logits):
     - the math runs on the transposed [classes, rows]. The MLM head's logits come out of
       a [V, H] x [H, rows] matmul and are transposed; here the two transposes cancel, so
       the loss reads, and its gradient writes, the matmul's own layout. For the other
-      tasks' few classes the transpose costs nothing measurable.
+      tasks (2 NSP classes, a window's positions, NER tags) it copies a small tensor.
     """
     classes = tf.shape(logits)[-1]
     logits = tf.transpose(tf.reshape(tf.cast(logits, tf.float32), [-1, classes]))  # [C, N]
