@@ -3,8 +3,10 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfbert.config import TrainerSection
+from tfbert.train import optimizers
 from tfbert.train.optimizers import AdamW, make_optimizer
 
 
@@ -55,3 +57,55 @@ def test_make_optimizer_builds_it_with_layer_decay_and_without():
     assert not isinstance(make_optimizer(TrainerSection(optimizer="lamb")), AdamW)
     with pytest.raises(ValueError, match="layer_decay must be in"):
         make_optimizer(TrainerSection(layer_decay=0.0))
+
+
+def xla_run(params, grads_per_step):
+    """AdamW steps in one XLA function, as the trainer and model.fit(jit_compile=True) run."""
+    variable = keras.Variable(params, name="kernel")
+    optimizer = AdamW(learning_rate=1e-3, weight_decay=0.01, epsilon=1e-6)
+    optimizer.build([variable])
+
+    @tf.function(jit_compile=True)
+    def step(gradient):
+        optimizer.apply_gradients([(gradient, variable)])
+
+    for g in grads_per_step:
+        step(tf.constant(g))
+    hlo = step.experimental_get_compiler_ir(tf.constant(grads_per_step[0]))(stage="optimized_hlo")
+    return np.asarray(variable.numpy(), np.float64), hlo
+
+
+def test_xla_on_cpu_computes_the_update_apart_from_the_in_place_write(monkeypatch):
+    rng = np.random.default_rng(1)
+    size = optimizers.SPLIT_UPDATE_MIN_SIZE
+    params = (0.01 * rng.normal(size=[size // 256, 256])).astype("float32")
+    grads = [(rng.normal(size=params.shape) * 1e-3).astype("float32") for _ in range(3)]
+    split, split_hlo = xla_run(params, grads)
+    # The conditional is the fusion boundary; XLA would fuse a select away.
+    assert "conditional(" in split_hlo
+    monkeypatch.setattr(optimizers, "split_in_place_update", lambda variable: False)
+    fused, fused_hlo = xla_run(params, grads)
+    assert "conditional(" not in fused_hlo
+    # Same arithmetic either way, and the paper's step. The weights (|w| < 0.05) are
+    # float32: each of the 3 steps rounds them by up to 2e-9.
+    np.testing.assert_array_equal(split, fused)
+    expected = reference_adamw(params, grads, lr=1e-3, wd=0.01)
+    np.testing.assert_allclose(split - params, expected - params, rtol=1e-3, atol=1e-8)
+
+
+def test_the_update_is_split_only_under_xla_on_cpu_for_large_variables():
+    large = keras.Variable(np.zeros([optimizers.SPLIT_UPDATE_MIN_SIZE], "float32"))
+    small = keras.Variable(np.zeros([optimizers.SPLIT_UPDATE_MIN_SIZE - 1], "float32"))
+    decisions = {}
+
+    def probe(where):
+        decisions[where] = (optimizers.split_in_place_update(large),
+                            optimizers.split_in_place_update(small),
+                            optimizers.split_in_place_update(large.value))
+        return tf.constant(0)
+
+    probe("eager")
+    tf.function(lambda: probe("graph"))()
+    tf.function(lambda: probe("xla"), jit_compile=True)()
+    assert decisions == {"eager": (False, False, False), "graph": (False, False, False),
+                         "xla": (True, False, True)}
