@@ -40,28 +40,46 @@ def sparse_ce_and_correct(labels, logits):
     An exact tie with the maximum counts as correct (argmax would pick the first of the
     tied classes). Labels must lie in [0, classes); one outside is never correct and, as
     in TensorFlow's op on accelerators, not checked (its loss is the log-sum-exp). Written
-    for XLA, where it is cheaper than TensorFlow's fused
-    cross-entropy plus an argmax; on BERT-mini's pretraining step (160 x 30,522 MLM
-    logits, 2-core CPU) it took the loss and accuracy's forward + backward from
-    120-142 to 89-112 ms in an isolated A/B:
-    - one max serves the loss's shift and the accuracy, and the label's logit comes from
-      a one-hot select fused into the reductions. XLA's argmax is a (value, index)
-      reduction on one thread (8-16 ms of that step); gathering the label's logit made
-      XLA copy all the logits into a new layout.
+    for XLA, where it is cheaper than TensorFlow's fused cross-entropy plus an argmax; on
+    BERT-mini's pretraining step (160 x 30,522 MLM logits, 2-core CPU), the loss and
+    accuracy's forward + backward took 120-142 ms with those and 89-112 ms with a one-hot
+    select for the label's logit (min-median of one isolated A/B); a later A/B measured
+    85-108 ms for the select and 75-94 ms as written here:
+    - one max serves the loss's shift and the accuracy. XLA's argmax is a (value, index)
+      reduction on one thread (8-16 ms of that step).
     - the math runs on the transposed [classes, rows]. The MLM head's logits come out of
       a [V, H] x [H, rows] matmul and are transposed; here the two transposes cancel, so
       the loss reads, and its gradient writes, the matmul's own layout. For the other
       tasks (2 NSP classes, a window's positions, NER tags) it copies a small tensor.
+    - the label's logit is gathered, one per row, and the gradient is written out. XLA on
+      CPU turns a reduction over 30,522 classes into a two-stage reduce-window that no
+      producer fuses into, so a one-hot select summed over the classes wrote, and read
+      back, a whole [classes, rows] tensor; the gradient's select stays inside the one
+      fusion that writes the gradient.
     """
     classes = tf.shape(logits)[-1]
     logits = tf.transpose(tf.reshape(tf.cast(logits, tf.float32), [-1, classes]))  # [C, N]
     flat_labels = tf.reshape(tf.cast(labels, tf.int32), [-1])                       # [N]
-    shifted = logits - tf.stop_gradient(tf.reduce_max(logits, axis=0, keepdims=True))
-    is_label = tf.range(classes)[:, None] == flat_labels[None, :]
-    label_logit = tf.reduce_sum(tf.where(is_label, shifted, 0.0), axis=0)
-    ce = tf.math.log(tf.reduce_sum(tf.exp(shifted), axis=0)) - label_logit
     in_range = (flat_labels >= 0) & (flat_labels < classes)
-    hit = tf.cast((label_logit >= 0.0) & in_range, tf.float32)
+    rows = tf.range(tf.size(flat_labels))
+
+    @tf.custom_gradient
+    def ce_and_hit(logits):
+        top = tf.reduce_max(logits, axis=0)
+        exp = tf.exp(logits - top)
+        total = tf.reduce_sum(exp, axis=0)
+        picked = tf.gather_nd(logits, tf.stack([tf.where(in_range, flat_labels, 0), rows], 1))
+        label_logit = tf.where(in_range, picked - top, 0.0)  # <= 0; 0 when it is the max
+        ce = tf.math.log(total) - label_logit
+        hit = tf.cast((label_logit >= 0.0) & in_range, tf.float32)
+
+        def grad(d_ce, d_hit):  # hit is a step function: no gradient
+            is_label = tf.range(classes)[:, None] == flat_labels[None, :]
+            return exp * (d_ce / total) - tf.where(is_label, d_ce, 0.0)
+
+        return (ce, hit), grad
+
+    ce, hit = ce_and_hit(logits)
     return tf.reshape(ce, tf.shape(labels)), tf.reshape(hit, tf.shape(labels))
 
 
