@@ -39,11 +39,15 @@ Precision: fp32, or bf16 (Keras `mixed_bfloat16` dtype policy for tfbert and Ker
 tf_keras `mixed_bfloat16` global policy for Model Garden: bf16 matmuls, fp32 weights).
 On a CPU without native bf16 instructions bf16 is emulated and slower than fp32.
 
-Each implementation runs in its own process (this script re-run with a hidden
---worker flag, printing one JSON line), one after the other, so memory, threads and XLA
-state never leak between them. The first --warmup steps (graph tracing and XLA
-compilation) are untimed and reported separately; the table gives the median of the
---steps timed steps.
+Each implementation runs in its own process (this script re-run with hidden --worker
+and --serve flags, talking JSON lines), so memory, threads and XLA state never leak
+between them. The processes of one size and precision stay up side by side: each builds
+its model and runs the first --warmup steps (graph tracing and XLA compilation, untimed
+and reported separately) while the others wait, then they take turns of --steps timed
+steps, the others idle, for --rounds rounds with the order rotating. A shared machine's
+speed drifts by tens of percent over minutes; taking turns puts the drift on every
+implementation alike. The table gives the median of each one's --steps x --rounds timed
+steps.
 
 Model FLOPs per step (the work of the model, the same for every implementation, so the
 utilisation compares like with like). With L layers, hidden H, intermediate I,
@@ -89,7 +93,6 @@ from common import (  # noqa: E402
     REPO_ROOT,
     Report,
     failure_reason,
-    faster,
     load_note,
     percentile,
     pin_cores,
@@ -139,8 +142,9 @@ def parse_args(argv=None):
     parser.add_argument("--peak_n", type=int, default=2048,
                         help="size of the square matmul that measures the FLOP/s peak")
     parser.add_argument("--rounds", type=int, default=1,
-                        help="run every implementation this many times, alternating, and "
-                             "keep each one's fastest round (steadier on a shared machine)")
+                        help="turns each implementation gets to time --steps steps; the "
+                             "turns alternate between the implementations' processes, "
+                             "which stay up side by side (steadier on a shared machine)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="CPU cores every implementation may use (default: all)")
     parser.add_argument("--profile", metavar="LOGDIR", default=None,
@@ -149,9 +153,11 @@ def parse_args(argv=None):
                              "LOGDIR/<implementation>-<size>-<precision> for TensorBoard, and "
                              "add a table of where each step's time goes" % PROFILE_STEPS)
     parser.add_argument("--worker_timeout", type=float, default=1800,
-                        help="seconds one implementation's process may run")
+                        help="seconds an implementation's process may take to build and "
+                             "compile, or to run one turn of steps")
     # Internal: one implementation (or the matmul peak) in this process; prints JSON.
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
     parser.add_argument("--precision", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -233,10 +239,26 @@ def time_steps(run_step, args):
         run_step()
         warmup.append(time.perf_counter() - started)
     steps = []
-    for _ in range(args.steps):
-        started = time.perf_counter()
-        run_step()
-        steps.append(time.perf_counter() - started)
+
+    def timed_steps(count):
+        times = []
+        for _ in range(count):
+            started = time.perf_counter()
+            run_step()
+            times.append(time.perf_counter() - started)
+        steps.extend(times)
+        return times
+
+    if args.serve:
+        # Idle until the driver gives this implementation its turn (see Server).
+        print(json.dumps({"ready": True}), flush=True)
+        for line in sys.stdin:
+            command = line.split()
+            if command[:1] != ["time"]:
+                break
+            print(json.dumps({"timed": timed_steps(int(command[1]))}), flush=True)
+    else:
+        timed_steps(args.steps)
     if args.profile:
         args.profile_summary = profile_steps(run_step, args)
     return warmup, steps
@@ -583,9 +605,107 @@ def run_one(args, worker, what, size=None, precision=None):
     return result
 
 
-def rounds_note(rounds):
-    return (f", the fastest of {rounds} alternating rounds" if rounds > 1 else
-            "; one round (--rounds N alternates N rounds and keeps each fastest)")
+class Server:
+    """One implementation's worker process (--serve): it compiles its step, then times
+    steps when told to, idle in between, and prints its whole result when told to quit."""
+
+    def __init__(self, args, impl, size, precision):
+        import queue
+        import subprocess
+        import threading
+
+        self.what = f"{size} {precision} {impl}"
+        self.started = time.time()
+        self.timeout = args.worker_timeout
+        self.failure = None
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        self.lines = queue.Queue()
+        print(f"[pretrain_step] {self.what}: building and compiling", file=sys.stderr,
+              flush=True)
+        self.proc = subprocess.Popen(
+            worker_command(args, impl, size, precision) + ["--serve"], cwd=REPO_ROOT,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+        threading.Thread(target=self._read, daemon=True).start()
+        self._next()  # {"ready": true} once its first (compiling) steps are done
+
+    def _read(self):
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                try:
+                    self.lines.put(json.loads(line))
+                except ValueError:
+                    pass
+        self.lines.put(None)
+
+    def _next(self):
+        """The worker's next JSON line; None, with the reason kept, once it has failed."""
+        import queue
+
+        if self.failure:
+            return None
+        try:
+            item = self.lines.get(timeout=self.timeout)
+        except queue.Empty:
+            self.failure = f"stopped after {self.timeout:.0f} s (--worker_timeout)"
+            self.kill()
+            return None
+        if item is None:
+            code = self.proc.wait()
+            self.stderr.seek(0)
+            self.failure = failure_reason(self.stderr.read()[-20000:] or f"exit {code}")
+        return item
+
+    def _send(self, command):
+        try:
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+        except OSError:  # it died: _next() says why
+            pass
+
+    def time(self, steps, label):
+        if not self.failure:
+            print(f"[pretrain_step] {label}: {self.what}", file=sys.stderr, flush=True)
+            self._send(f"time {steps}")
+            self._next()
+
+    def finish(self):
+        """Its result over all its turns, or {"skip": why it has none}."""
+        if not self.failure:
+            self._send("quit")
+            result = self._next()
+            if result is not None and "steps" in result:
+                result["wall"] = time.time() - self.started
+                self.proc.wait()
+                return result
+        return {"skip": self.failure or "no result"}
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def interleaved(args, size, precision):
+    """{implementation: result} for one size and precision.
+
+    All the implementations' processes stay up side by side. Each builds and compiles
+    while the others wait; then they take turns of --steps timed steps, the others idle,
+    for --rounds rounds with the order rotating, so a change in a shared machine's speed
+    falls on all of them alike rather than on whichever ran at that moment.
+    """
+    servers = {}
+    try:
+        for impl in args.implementations:  # one at a time: compiles never overlap
+            servers[impl] = Server(args, impl, size, precision)
+        order = list(args.implementations)
+        for round_ in range(args.rounds):
+            turn = order[round_ % len(order):] + order[:round_ % len(order)]
+            for impl in turn:
+                servers[impl].time(args.steps, f"round {round_ + 1}/{args.rounds}")
+        return {impl: server.finish() for impl, server in servers.items()}
+    finally:
+        for server in servers.values():
+            server.kill()
 
 
 
@@ -628,30 +748,31 @@ def main(argv=None):
     load = load_note()
     started = time.time()
     results, peak, peaks = {}, {}, {}
-    for round_ in range(args.rounds):
-        # The peak is measured again in every round and the best kept: one slow moment
-        # of a shared machine would otherwise understate it (and overstate every MFU).
-        measured = run_one(args, "peak", f"round {round_ + 1}: measuring the matmul peak")
-        if measured.get("peaks") or not peak:
-            peak = measured
-        for precision, value in measured.get("peaks", {}).items():
-            peaks[precision] = max(value, peaks.get(precision, 0.0))
-        for size in args.sizes:
-            for precision in args.precisions:
-                for impl in args.implementations:
-                    key = size, precision, impl
-                    result = run_one(args, impl, f"round {round_ + 1}: {size} {precision} "
-                                                 f"{impl}", size, precision)
-                    results[key] = faster(results.get(key), result)
+    for size in args.sizes:
+        for precision in args.precisions:
+            # The peak is measured again before every group, while nothing else runs, and
+            # the best kept: one slow moment of a shared machine would otherwise
+            # understate it (and overstate every MFU).
+            measured = run_one(args, "peak", f"{size} {precision}: measuring the matmul peak")
+            if measured.get("peaks") or not peak:
+                peak = measured
+            for name, value in measured.get("peaks", {}).items():
+                peaks[name] = max(value, peaks.get(name, 0.0))
+            for impl, result in interleaved(args, size, precision).items():
+                results[size, precision, impl] = result
 
     report = Report("pretrain_step", "Pretraining step (MLM + NSP): sequences/s and MFU")
     report.note(
         f"Batch {args.batch_size} x seq {args.seq_length}, {args.max_predictions} masked "
         f"positions per sequence, vocabulary 30,522, dropout 0.1, AdamW + global-norm "
-        f"clipping; --xla {args.xla}; median of {args.steps} timed steps after "
-        f"{args.warmup} untimed (the first compiles; its seconds are the 'first step' "
-        f"column){rounds_note(args.rounds)}. Each implementation ran alone in its own "
-        f"process, one after another, pinned to the same {args.threads} core(s); {load}.")
+        f"clipping; --xla {args.xla}. Each implementation ran in its own process, all "
+        f"pinned to the same {args.threads} core(s) and up side by side: each built and "
+        f"compiled while the others waited ({args.warmup} untimed step(s); the first "
+        f"step's seconds are the 'first step' column), then they took turns of "
+        f"{args.steps} timed steps, the others idle, for {args.rounds} round(s) with the "
+        f"order rotating, so the machine's speed changes fall on all alike. ms/step is "
+        f"the median of an implementation's {args.steps * args.rounds} timed steps; "
+        f"{load}.")
     if peaks:
         report.note(f"Measured matmul peak (best of 5 in each round, {peak['n']}^3 chained "
                     f"in one XLA function, {peak['device']}): "
