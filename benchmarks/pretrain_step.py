@@ -73,7 +73,8 @@ fewer FLOPs than counted here: under 0.01% at any size.
 The utilisation divides FLOPs/step / (median seconds/step) by this machine's MEASURED
 matmul peak in the same precision: the best of several runs of a --peak_n square
 `tf.linalg.matmul` (chained inside one `tf.function(jit_compile=True)`, so launch
-overhead does not count), in its own process, in every round. On NVIDIA Ampere and
+overhead does not count), in its own process, before each size and precision's
+implementations start (the best measurement is kept). On NVIDIA Ampere and
 newer GPUs TensorFlow runs float32 matmuls as TF32 by default, in the models and in the
 peak alike.
 """
@@ -774,7 +775,8 @@ def main(argv=None):
         f"the median of an implementation's {args.steps * args.rounds} timed steps; "
         f"{load}.")
     if peaks:
-        report.note(f"Measured matmul peak (best of 5 in each round, {peak['n']}^3 chained "
+        report.note(f"Measured matmul peak (best of 5 before each size and precision, "
+                    f"{peak['n']}^3 chained "
                     f"in one XLA function, {peak['device']}): "
                     + ", ".join(f"{p} {v / 1e9:,.1f} GFLOP/s" for p, v in peaks.items()) + ".")
     else:
