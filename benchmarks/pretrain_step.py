@@ -45,8 +45,8 @@ between them. The processes of one size and precision stay up side by side: each
 its model and runs the first --warmup steps (graph tracing and XLA compilation, untimed
 and reported separately) while the others wait, then they take turns of --steps timed
 steps, the others idle, for --rounds rounds with the order rotating. A shared machine's
-speed drifts by tens of percent over minutes; taking turns puts the drift on every
-implementation alike. The table gives the median of each one's --steps x --rounds timed
+speed drifts by 10-20% over minutes; taking turns puts the drift on every implementation
+alike. The table gives the median of each one's --steps x --rounds timed
 steps.
 
 Model FLOPs per step (the work of the model, the same for every implementation, so the
@@ -616,7 +616,6 @@ class Server:
         import threading
 
         self.what = f"{size} {precision} {impl}"
-        self.started = time.time()
         self.timeout = args.worker_timeout
         self.failure = None
         self.stderr = tempfile.TemporaryFile(mode="w+")
@@ -663,7 +662,7 @@ class Server:
         except OSError:  # it died: _next() says why
             pass
 
-    def time(self, steps, label):
+    def take_turn(self, steps, label):
         if not self.failure:
             print(f"[pretrain_step] {label}: {self.what}", file=sys.stderr, flush=True)
             self._send(f"time {steps}")
@@ -675,7 +674,6 @@ class Server:
             self._send("quit")
             result = self._next()
             if result is not None and "steps" in result:
-                result["wall"] = time.time() - self.started
                 self.proc.wait()
                 return result
         return {"skip": self.failure or "no result"}
@@ -702,7 +700,7 @@ def interleaved(args, size, precision):
         for round_ in range(args.rounds):
             turn = order[round_ % len(order):] + order[:round_ % len(order)]
             for impl in turn:
-                servers[impl].time(args.steps, f"round {round_ + 1}/{args.rounds}")
+                servers[impl].take_turn(args.steps, f"round {round_ + 1}/{args.rounds}")
         return {impl: server.finish() for impl, server in servers.items()}
     finally:
         for server in servers.values():
