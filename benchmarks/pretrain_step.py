@@ -46,8 +46,7 @@ its model and runs the first --warmup steps (graph tracing and XLA compilation, 
 and reported separately) while the others wait, then they take turns of --steps timed
 steps, the others idle, for --rounds rounds with the order rotating. A shared machine's
 speed drifts by 10-20% over minutes; taking turns puts the drift on every implementation
-alike. The table gives the median of each one's --steps x --rounds timed
-steps.
+alike. The table gives the median of each one's --steps x --rounds timed steps.
 
 Model FLOPs per step (the work of the model, the same for every implementation, so the
 utilisation compares like with like). With L layers, hidden H, intermediate I,

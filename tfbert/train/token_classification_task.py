@@ -174,9 +174,9 @@ class TokenClassificationTask:
         logits = model(inputs, training=training)                          # [B, S, C]
         labels = tf.cast(labels, tf.int32)                                 # [B, S]
         weights = tf.cast(labels != ner.IGNORE, tf.float32)                # [B, S]
-        # IGNORE is no class id; any valid id stands in, its weight is 0.
-        safe_labels = tf.maximum(labels, 0)
-        ce, hit = sparse_ce_and_correct(safe_labels, logits)
+        # IGNORE is no class id: sparse_ce_and_correct gives it a finite loss, never a
+        # hit, and its weight is 0.
+        ce, hit = sparse_ce_and_correct(labels, logits)
         loss_sum = tf.reduce_sum(ce * weights)
         # The mean over the global batch's labelled pieces (summed over replicas).
         loss = loss_sum / tf.maximum(denominators["labelled"], 1.0)
