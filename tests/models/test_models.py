@@ -245,6 +245,55 @@ def test_first_token_only_block_equals_the_first_row_of_the_full_block(policy):
                                np.asarray(full[:, 0], "float32"), atol=atol)
 
 
+@pytest.mark.parametrize("policy", [None, "mixed_bfloat16"])
+def test_query_positions_block_equals_the_full_block_at_those_rows(policy):
+    encoder = tiny_encoder(dtype=policy)
+    x = inputs(batch=3, seq=12, pad_from=7)
+    hidden = encoder.embeddings(x["input_word_ids"], x["input_type_ids"])
+    block = encoder.transformer_layers[0]
+    full = block(hidden, x["input_mask"])                                  # [B, S, H]
+    # Repeats, the first token, the last and padded positions.
+    positions = np.array([[0, 4, 4, 11], [0, 1, 9, 0], [0, 10, 3, 7]], "int32")
+    rows = block(hidden, x["input_mask"], query_positions=positions)       # [B, Q, H]
+    assert rows.shape == (3, 4, TINY["hidden_dim"]) and rows.dtype == full.dtype
+    expected = np.take_along_axis(np.asarray(full, "float32"), positions[:, :, None], axis=1)
+    atol = 2e-2 if policy else 1e-6
+    np.testing.assert_allclose(np.asarray(rows, "float32"), expected, atol=atol)
+
+
+@pytest.mark.parametrize("jit_compile,num_layers", [(False, 2), (True, 2), (False, 0)])
+def test_pretraining_logits_and_gradients_equal_the_full_models(jit_compile, num_layers):
+    # The pretraining step calls BertPretrainer.pretraining_logits, which runs the last
+    # block for the first token and the masked positions only: the heads' logits and
+    # every weight's gradient must be those of the whole model.
+    model = tfbert.BertPretrainer(tiny_encoder(num_layers=num_layers))
+    x = inputs(batch=3, seq=12, pad_from=7)
+    x[features.MASKED_LM_POSITIONS] = np.array([[1, 3, 3, 0], [2, 5, 0, 0], [11, 4, 9, 1]],
+                                               "int32")
+
+    def logits_and_grads(x):
+        with tf.GradientTape(persistent=True) as tape:
+            full = model(x, training=False)
+            fast = model.pretraining_logits(x, training=False)
+            losses = [tf.reduce_sum(out["mlm_logits"] ** 2) + tf.reduce_sum(out["nsp_logits"] ** 2)
+                      for out in (full, fast)]
+        grads = [tape.gradient(loss, model.trainable_variables) for loss in losses]
+        return full, fast, grads
+
+    full, fast, (full_grads, fast_grads) = tf.function(
+        logits_and_grads, jit_compile=jit_compile)(x)
+    assert set(fast) == {"mlm_logits", "nsp_logits"}
+    for name in fast:
+        assert fast[name].dtype == tf.float32 and fast[name].shape == full[name].shape
+        np.testing.assert_allclose(np.asarray(fast[name]), np.asarray(full[name]), atol=1e-5)
+    assert len(fast_grads) == len(model.trainable_variables)
+    for variable, want, got in zip(model.trainable_variables, full_grads, fast_grads):
+        want, got = tf.convert_to_tensor(want).numpy(), tf.convert_to_tensor(got).numpy()
+        assert np.abs(want).max() > 0, variable.path
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max(),
+                                   err_msg=variable.path)
+
+
 @pytest.mark.parametrize("jit_compile,num_layers", [(False, 3), (True, 3), (False, 0)])
 def test_classifier_logits_equal_the_encoders_pooled_output_through_the_head(jit_compile,
                                                                               num_layers):

@@ -15,7 +15,8 @@ class MaskedLMHead(keras.layers.Layer):
     plus an output bias.
 
     Called on `(sequence_output [B, S, H], masked_lm_positions int [B, P])`; returns
-    logits [B, P, V].
+    logits [B, P, V]. With `masked_lm_positions=None`, the rows [B, P, H] are the
+    ones at the masked positions already.
     """
 
     def __init__(
@@ -54,12 +55,14 @@ class MaskedLMHead(keras.layers.Layer):
         )
         self.built = True
 
-    def call(self, sequence_output, masked_lm_positions):
+    def call(self, sequence_output, masked_lm_positions=None):
         # B=batch, S=sequence, P=predictions, H=hidden, V=vocabulary.
         if self.embeddings is None:
             raise ValueError("MaskedLMHead needs the encoder's word embeddings (embeddings=)")
-        positions = ops.cast(masked_lm_positions, "int32")
-        x = ops.take_along_axis(sequence_output, positions[:, :, None], axis=1)  # [B, P, H]
+        x = sequence_output
+        if masked_lm_positions is not None:
+            positions = ops.cast(masked_lm_positions, "int32")
+            x = ops.take_along_axis(x, positions[:, :, None], axis=1)  # [B, P, H]
         x = self.layer_norm(self.transform(x))
         x = ops.cast(x, self.compute_dtype)
         batch, predictions = tf.shape(x)[0], tf.shape(x)[1]

@@ -68,13 +68,18 @@ class TransformerBlock(keras.layers.Layer):
         self.output_layer_norm.build(h)
         self.built = True
 
-    def call(self, x, attention_mask, training=False, first_token_only=False):
+    def call(self, x, attention_mask, training=False, first_token_only=False,
+             query_positions=None):
         """x [B, S, H] -> [B, S, H]; with `first_token_only`, [B, 1, H]: the output at
         the first position alone (its query attends to every key), which is all a
         classifier's pooler reads, for about a quarter of the block's work (the keys
-        and values of every token)."""
-        # B=batch, S=sequence, Q=query positions (S, or 1), T=B*S tokens, H=hidden,
+        and values of every token). With `query_positions` int [B, Q], [B, Q, H]: the
+        outputs at those positions alone, the same way (the pretraining heads read the
+        first token and the masked positions)."""
+        # B=batch, S=sequence, Q=query positions (S, 1 or given), T=B*S tokens, H=hidden,
         # N=heads, D=head size.
+        if query_positions is not None:
+            return self._attend_from(x, attention_mask, query_positions, training)
         batch, seq = tf.shape(x)[0], tf.shape(x)[1]
         # The dense layers see [tokens, features]: a rank-2 MatMul whose bias add
         # TensorFlow's graph optimizer fuses into it, where a rank-3 input would go
@@ -91,6 +96,33 @@ class TransformerBlock(keras.layers.Layer):
         if first_token_only:
             q = q[:, :, :1]                                            # [B, N, 1, D]
             residual = x[:, 0]                                         # [B, H]
+        out = self._attention_and_feed_forward(q, k, v, residual, attention_mask, training)
+        return tf.reshape(out, [batch, 1 if first_token_only else seq, self.hidden_dim])
+
+    def _attend_from(self, x, attention_mask, query_positions, training):
+        """`call` with `query_positions`: the queries (and the rest of the block) at the
+        given rows only, keys and values at every row."""
+        batch, seq = tf.shape(x)[0], tf.shape(x)[1]
+        queries = tf.shape(query_positions)[1]
+        rows = tf.gather(x, ops.cast(query_positions, "int32"), batch_dims=1)  # [B, Q, H]
+        residual = tf.reshape(rows, [-1, self.hidden_dim])             # [B*Q, H]
+        # The fused kernel's first H columns project the queries, the other 2H the keys
+        # and values: two matmuls, so that the queries of the other rows are not computed.
+        kernel = ops.cast(self.qkv.kernel, self.compute_dtype)         # [H, 3*H]
+        bias = ops.cast(self.qkv.bias, self.compute_dtype)
+        q = tf.matmul(residual, kernel[:, :self.hidden_dim]) + bias[:self.hidden_dim]
+        q = tf.transpose(tf.reshape(q, [batch, queries, self.num_heads, self.head_dim]),
+                         [0, 2, 1, 3])                                 # [B, N, Q, D]
+        tokens = tf.reshape(x, [-1, self.hidden_dim])                  # [T, H]
+        kv = tf.matmul(tokens, kernel[:, self.hidden_dim:]) + bias[self.hidden_dim:]
+        kv = tf.reshape(kv, [batch, seq, 2, self.num_heads, self.head_dim])
+        k, v = tf.unstack(tf.transpose(kv, [2, 0, 3, 1, 4]))           # 2 x [B, N, S, D]
+        out = self._attention_and_feed_forward(q, k, v, residual, attention_mask, training)
+        return tf.reshape(out, [batch, queries, self.hidden_dim])
+
+    def _attention_and_feed_forward(self, q, k, v, residual, attention_mask, training):
+        """The block from the heads' q [B, N, Q, D], k, v [B, N, S, D] and the residual
+        rows [B*Q, H] of the queries: [B*Q, H]."""
         scores = tf.matmul(q, k, transpose_b=True)                     # [B, N, Q, S]
         scores = scores * ops.cast(1.0 / self.head_dim**0.5, scores.dtype)
         # Softmax in float32: bf16/fp16 logits lose too much precision before exp.
@@ -107,8 +139,7 @@ class TransformerBlock(keras.layers.Layer):
         h = ops.cast(self.attention_layer_norm(residual + attn), self.compute_dtype)
         ffn = self.output_dense(self.intermediate(h))                  # [B*Q, H]
         ffn = self.dropout_layer(ffn, training=training)
-        out = ops.cast(self.output_layer_norm(h + ffn), self.compute_dtype)
-        return tf.reshape(out, [batch, 1 if first_token_only else seq, self.hidden_dim])
+        return ops.cast(self.output_layer_norm(h + ffn), self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()

@@ -1,4 +1,6 @@
 import keras
+import tensorflow as tf
+from keras import ops
 
 from tfbert import features
 from tfbert.layers.bert_embeddings import BertEmbeddings
@@ -116,6 +118,22 @@ class BertEncoder(keras.Model):
         for i, block in enumerate(self.transformer_layers):
             x = block(x, mask, training=training, first_token_only=i == last)  # last: [B, 1, H]
         return self.pooler(x[:, 0, :])
+
+    def sequence_output_at(self, inputs, positions, training=False):
+        """`self(inputs)["sequence_output"]` at `positions` int [B, Q] alone: [B, Q, H],
+        with the last block computed for those rows only (their queries against every
+        token's keys and values). BertPretrainer's training step calls this for the first
+        token and the masked positions: about two thirds of a block less work at seq 128
+        with 20 predictions."""
+        x = self.embeddings(
+            inputs[features.INPUT_WORD_IDS], inputs[features.INPUT_TYPE_IDS], training=training)
+        if not self.transformer_layers:
+            return tf.gather(x, ops.cast(positions, "int32"), batch_dims=1)
+        mask = inputs[features.INPUT_MASK]
+        *blocks, last = self.transformer_layers
+        for block in blocks:
+            x = block(x, mask, training=training)
+        return last(x, mask, training=training, query_positions=positions)
 
     @property
     def word_embeddings(self):

@@ -47,3 +47,18 @@ class BertPretrainer(BertTask):
         super().__init__(encoder, {}, inputs=inputs, outputs=outputs, **kwargs)
         self.mlm_head = mlm_head
         self.nsp_head = nsp_head
+
+    def pretraining_logits(self, inputs, training=False):
+        """`mlm_logits` and `nsp_logits` of `self(inputs)` alone (a dict), with the
+        encoder's last block computed only at the rows the heads read: the first token
+        (pooler, NSP) and the masked positions (`BertEncoder.sequence_output_at`). Same
+        logits and gradients, less work: the pretraining task's step calls this."""
+        positions = ops.cast(inputs[features.MASKED_LM_POSITIONS], "int32")      # [B, P]
+        rows = ops.concatenate([ops.zeros_like(positions[:, :1]), positions], axis=1)
+        encoder_inputs = {name: inputs[name] for name in features.MODEL_INPUTS}
+        x = self.encoder.sequence_output_at(encoder_inputs, rows, training=training)
+        pooled = self.encoder.pooler(x[:, 0, :])
+        return {
+            features.MLM_LOGITS: ops.cast(self.mlm_head(x[:, 1:]), "float32"),
+            features.NSP_LOGITS: ops.cast(self.nsp_head(pooled), "float32"),
+        }

@@ -161,7 +161,8 @@ class PretrainingTask:
         }
 
     def step(self, model, inputs, labels, denominators, training):
-        outputs = model(inputs, training=training)
+        # The two heads' logits alone: the last block runs for the rows they read.
+        outputs = model.pretraining_logits(inputs, training=training)
         # Google's MLM loss: mean cross-entropy over real (weight 1) predictions of the
         # whole global batch; `denominators` are already summed over replicas.
         weights = tf.cast(labels[features.RECORD_MASKED_LM_WEIGHTS], tf.float32)
