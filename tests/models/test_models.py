@@ -232,33 +232,24 @@ def test_gelu_of_bfloat16_is_computed_in_float32(name, jit_compile):
 
 
 @pytest.mark.parametrize("policy", [None, "mixed_bfloat16"])
-def test_first_token_only_block_equals_the_first_row_of_the_full_block(policy):
-    encoder = tiny_encoder(dtype=policy)
-    x = inputs(batch=4, seq=12, pad_from=7)
-    hidden = encoder.embeddings(x["input_word_ids"], x["input_type_ids"])
-    block = encoder.transformer_layers[0]
-    full = block(hidden, x["input_mask"])                                  # [B, S, H]
-    first = block(hidden, x["input_mask"], first_token_only=True)          # [B, 1, H]
-    assert first.shape == (4, 1, TINY["hidden_dim"]) and first.dtype == full.dtype
-    atol = 2e-2 if policy else 1e-6
-    np.testing.assert_allclose(np.asarray(first[:, 0], "float32"),
-                               np.asarray(full[:, 0], "float32"), atol=atol)
-
-
-@pytest.mark.parametrize("policy", [None, "mixed_bfloat16"])
-def test_query_positions_block_equals_the_full_block_at_those_rows(policy):
+@pytest.mark.parametrize("rows", ["first_token_only", "query_positions"])
+def test_block_at_some_rows_equals_the_full_block_at_those_rows(policy, rows):
     encoder = tiny_encoder(dtype=policy)
     x = inputs(batch=3, seq=12, pad_from=7)
     hidden = encoder.embeddings(x["input_word_ids"], x["input_type_ids"])
     block = encoder.transformer_layers[0]
     full = block(hidden, x["input_mask"])                                  # [B, S, H]
-    # Repeats, the first token, the last and padded positions.
-    positions = np.array([[0, 4, 4, 11], [0, 1, 9, 0], [0, 10, 3, 7]], "int32")
-    rows = block(hidden, x["input_mask"], query_positions=positions)       # [B, Q, H]
-    assert rows.shape == (3, 4, TINY["hidden_dim"]) and rows.dtype == full.dtype
+    if rows == "first_token_only":
+        positions = np.zeros([3, 1], "int32")
+        part = block(hidden, x["input_mask"], first_token_only=True)       # [B, 1, H]
+    else:
+        # Repeats, the first token, the last and padded positions.
+        positions = np.array([[0, 4, 4, 11], [0, 1, 9, 0], [0, 10, 3, 7]], "int32")
+        part = block(hidden, x["input_mask"], query_positions=positions)   # [B, Q, H]
+    assert part.shape == (*positions.shape, TINY["hidden_dim"]) and part.dtype == full.dtype
     expected = np.take_along_axis(np.asarray(full, "float32"), positions[:, :, None], axis=1)
     atol = 2e-2 if policy else 1e-6
-    np.testing.assert_allclose(np.asarray(rows, "float32"), expected, atol=atol)
+    np.testing.assert_allclose(np.asarray(part, "float32"), expected, atol=atol)
 
 
 @pytest.mark.parametrize("jit_compile,num_layers", [(False, 2), (True, 2), (False, 0)])
