@@ -123,8 +123,8 @@ class BertEncoder(keras.Model):
         """`self(inputs)["sequence_output"]` at `positions` int [B, Q] alone: [B, Q, H],
         with the last block computed for those rows only (their queries against every
         token's keys and values). BertPretrainer's training step calls this for the first
-        token and the masked positions: about two thirds of a block less work at seq 128
-        with 20 predictions."""
+        token and the masked positions: about 70% of a block's work less at seq 128 with
+        20 predictions."""
         x = self.embeddings(
             inputs[features.INPUT_WORD_IDS], inputs[features.INPUT_TYPE_IDS], training=training)
         if not self.transformer_layers:
