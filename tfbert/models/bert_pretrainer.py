@@ -55,8 +55,7 @@ class BertPretrainer(BertTask):
         logits and gradients, less work: the pretraining task's step calls this."""
         positions = ops.cast(inputs[features.MASKED_LM_POSITIONS], "int32")      # [B, P]
         rows = ops.concatenate([ops.zeros_like(positions[:, :1]), positions], axis=1)
-        encoder_inputs = {name: inputs[name] for name in features.MODEL_INPUTS}
-        x = self.encoder.sequence_output_at(encoder_inputs, rows, training=training)
+        x = self.encoder.sequence_output_at(inputs, rows, training=training)
         pooled = self.encoder.pooler(x[:, 0, :])
         return {
             features.MLM_LOGITS: ops.cast(self.mlm_head(x[:, 1:]), "float32"),
