@@ -48,6 +48,13 @@ steps, the others idle, for --rounds rounds with the order rotating. A shared ma
 speed drifts by 10-20% over minutes; taking turns puts the drift on every implementation
 alike. The table gives the median of each one's --steps x --rounds timed steps.
 
+Host memory (--host_memory): importing tfbert.train asks TensorFlow for its BFC pool on
+the CPU (tfbert/train/host_memory.py), so a compiled step reuses its buffers instead of
+faulting fresh pages in every step. By default every implementation gets that same
+setting (TF_CPU_ALLOCATOR_USE_BFC=true in its environment), so the table compares the
+implementations, not the allocators; `--host_memory as_shipped` runs each as its users
+get it (tfbert pooled, KerasHub and Model Garden on TensorFlow's default, malloc).
+
 Model FLOPs per step (the work of the model, the same for every implementation, so the
 utilisation compares like with like). With L layers, hidden H, intermediate I,
 sequence S, P masked positions, vocabulary V and batch B, a forward pass of one
@@ -155,6 +162,12 @@ def parse_args(argv=None):
                              "implementation with the TF profiler (per-XLA-op events) into "
                              "LOGDIR/<implementation>-<size>-<precision> for TensorBoard, and "
                              "add a table of where each step's time goes" % PROFILE_STEPS)
+    parser.add_argument("--host_memory", choices=("pooled", "as_shipped"), default="pooled",
+                        help="pooled: every implementation allocates host memory from "
+                             "TensorFlow's BFC pool (tfbert.train turns it on for tfbert; "
+                             "TF_CPU_ALLOCATOR_USE_BFC does for the others), the same "
+                             "setting for all; as_shipped: each as its users get it (tfbert "
+                             "pooled, the others malloc)")
     parser.add_argument("--worker_timeout", type=float, default=1800,
                         help="seconds an implementation's process may take to build and "
                              "compile, or to run one turn of steps")
@@ -583,6 +596,10 @@ def run_worker(args):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + " --xla_cpu_enable_xprof_traceme=true").strip()
     result = WORKERS[args.worker](args)
+    if args.worker != "peak":
+        from tfbert.train.host_memory import host_memory_pooled
+
+        result["host_memory"] = "BFC pool" if host_memory_pooled() else "malloc"
     if getattr(args, "profile_summary", None):
         result["profile"] = args.profile_summary
     print(json.dumps(result), flush=True)
@@ -758,6 +775,11 @@ def main(argv=None):
 
     # Before any worker starts: they inherit the affinity and size their pools from it.
     pin_cores(args.threads)
+    # ... and the allocator setting (tfbert's worker sets it itself when it imports
+    # tfbert.train, unless told otherwise; see tfbert/train/host_memory.py).
+    os.environ.pop("TF_CPU_ALLOCATOR_USE_BFC", None)
+    if args.host_memory == "pooled":
+        os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
     load = load_note()
     started = time.time()
     results, peak, peaks = {}, {}, {}
@@ -798,7 +820,7 @@ def main(argv=None):
               "sequences/s", "GFLOP/step", "MFU", "vs tfbert"]
     rows, ratio_rows = [], []
     labels, groups = [], {SHORT[i]: [] for i in args.implementations}
-    versions = {}
+    versions, allocators = {}, {}
     for size in args.sizes:
         for precision in args.precisions:
             flops = model_flops(size, args.batch_size, args.seq_length, args.max_predictions)
@@ -809,6 +831,7 @@ def main(argv=None):
                     seconds = percentile(r["steps"], 50)
                     rates[impl] = args.batch_size / seconds
                     versions[impl] = r.get("versions", "")
+                    allocators.setdefault(impl, set()).add(r.get("host_memory", "unknown"))
             labels.append(f"{size} {precision}")
             ours = rates.get("tfbert")
             for impl in args.implementations:
@@ -856,6 +879,13 @@ def main(argv=None):
         + (" On this CPU bf16 has no native matmul instructions, so bf16 rows are "
            "emulated; compare them with each other, not with fp32."
            if peak.get("device") == "CPU" and "bf16" in args.precisions else "")
+        + f" Host memory (--host_memory {args.host_memory}), as each process reported "
+        "its TensorFlow CPU allocator: "
+        + ", ".join(f"{SHORT[k]} {' / '.join(sorted(v))}" for k, v in allocators.items())
+        + (" (the same for all: tfbert.train turns the BFC pool on for tfbert, "
+           "TF_CPU_ALLOCATOR_USE_BFC=true for the others)." if args.host_memory == "pooled"
+           else " (each as its users get it: tfbert.train turns the BFC pool on; the "
+                "others keep TensorFlow's default).")
         + " Versions: " + "; ".join(f"{SHORT[k]}: {v}"
                                     for k, v in versions.items() if v) + ".")
     if args.profile:

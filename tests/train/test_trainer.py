@@ -92,6 +92,18 @@ def test_cli_trains_evaluates_and_writes_a_model_directory(recipe, tmp_path, cap
     assert encoder.hidden_dim == 32
 
 
+@pytest.mark.parametrize("note", ["note: host memory is not pooled (test)", None])
+def test_the_trainer_logs_the_note_once_on_the_cpu(recipe, tmp_path, capsys, monkeypatch, note):
+    import tfbert.train.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "pooling_note", lambda: note)
+    assert train_main([f"--config={recipe}", f"--model_dir={tmp_path / 'run'}", "--mode=train",
+                       "--set", "trainer.train_steps=2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("host memory is not pooled") == (1 if note else 0)
+    assert "step 2/2 |" in out
+
+
 def test_mirrored_over_two_cpu_devices_equals_one_device(recipe, tmp_path):
     no_dropout = ["model.encoder_overrides.dropout=0.0",
                   "model.encoder_overrides.attention_dropout=0.0",

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfbert.models import presets
+from tfbert.train.host_memory import pooling_note
 from tfbert.train.optimizers import make_optimizer, set_layer_decay
 from tfbert.train.strategies import is_chief
 from tfbert.train.tasks import get_task
@@ -266,6 +267,10 @@ class Trainer:
         total = trainer.train_steps
         if start_step >= total:
             self._log(f"already at step {start_step} of {total}; nothing to train")
+        elif all("CPU" in d.upper() for d in self.strategy.extended.worker_devices):
+            note = pooling_note()
+            if note:
+                self._log(note)
         if self._train_loop is None:
             self._train_loop = self._build_train_loop()
         iterator = iter(self._distributed_dataset(training=True, skip_steps=start_step))
