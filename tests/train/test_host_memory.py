@@ -48,5 +48,6 @@ def test_after_tensorflow_started_the_pool_is_missing_and_a_note_says_how_to_get
 
 
 def test_the_users_own_settings_are_kept():
-    result = probe("import_first", TF_CPU_ALLOCATOR_USE_BFC="false", TF_CPU_BFC_MEM_LIMIT_IN_MB="512")
+    result = probe("import_first", TF_CPU_ALLOCATOR_USE_BFC="false",
+                   TF_CPU_BFC_MEM_LIMIT_IN_MB="512")
     assert result == {"pooled": False, "note": None, "use_bfc": "false", "limit_mb": "512"}

@@ -6,9 +6,9 @@ with fresh mmaps: every step faults in and zeroes those pages anew. In BERT-base
 pretraining step (batch 8 x 128, 2-core CPU) the kernel's page-fault handling took
 about 4% of the CPU time (perf), and the step took a median of 4,448 ms with malloc
 against 3,926 ms with the BFC allocator, which keeps freed memory for the next step
-(three runs of four steps each, alternating). TensorFlow already uses BFC on GPUs; on the CPU it is one
-environment variable, TF_CPU_ALLOCATOR_USE_BFC, read once, when TensorFlow creates its
-CPU device (at its first op).
+(three runs of four steps each, alternating). TensorFlow already uses BFC on GPUs; on
+the CPU it is one environment variable, TF_CPU_ALLOCATOR_USE_BFC, read once, when
+TensorFlow creates its CPU device (at its first op).
 
 Importing `tfbert.train` sets it (see `pool_host_memory`), so a training script that
 imports tfbert before it runs TensorFlow gets it; `python -m tfbert.train` does. An
