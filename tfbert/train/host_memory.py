@@ -14,6 +14,8 @@ Importing `tfbert.train` sets it (see `pool_host_memory`), so a training script 
 imports tfbert before it runs TensorFlow gets it; `python -m tfbert.train` does. An
 explicit TF_CPU_ALLOCATOR_USE_BFC=false keeps malloc. The pool never hands memory back
 to the system, which suits a training process and is why only training turns it on.
+Processes started from such a script inherit the variable (the quickstart's reference
+server does; a short-lived one, so that is harmless there).
 """
 
 import os
