@@ -93,6 +93,7 @@ def main(argv=None):
     import tensorflow as tf
 
     import tfbert
+    import tfbert.train  # noqa: F401  (before TensorFlow runs: host memory from its pool)
 
     # Keras warns on every fit over a tf.data.Dataset that its shuffle=True does not apply;
     # the dataset below shuffles itself.

@@ -17,10 +17,10 @@
 7. stops the server.
 
 Re-running replaces the previous run's minilm/, sentiment/ and export/ (each written
-whole, then swapped in) and nothing else in OUTPUT_DIR. The defaults take about 4.5
-minutes of CPU time, so 4 to 9 minutes on two CPU cores depending on what else runs there,
-and reach a held-out accuracy of about 0.8; the export in OUTPUT_DIR/export is what
-`tensorflow/serving:2.20.*` serves too (see serving/).
+whole, then swapped in) and nothing else in OUTPUT_DIR. The defaults took about 3.6
+minutes of CPU time and 2.5 minutes on two otherwise idle CPU cores (longer when other
+work shares them), and reach a held-out accuracy of about 0.8; the export in
+OUTPUT_DIR/export is what `tensorflow/serving:2.20.*` serves too (see serving/).
 """
 
 import argparse
