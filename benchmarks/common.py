@@ -314,6 +314,45 @@ def pin_cores(threads):
 
 # === Step benchmarks (pretrain_step, finetune_step) ===
 
+HOST_MEMORY = ("pooled", "as_shipped")
+
+
+def add_host_memory_flag(parser):
+    parser.add_argument("--host_memory", choices=HOST_MEMORY, default="pooled",
+                        help="pooled: every TensorFlow implementation allocates host memory "
+                             "from TensorFlow's BFC pool (tfbert.train turns it on for "
+                             "tfbert; TF_CPU_ALLOCATOR_USE_BFC does for the others), the "
+                             "same setting for all; as_shipped: each as its users get it "
+                             "(tfbert pooled, the others malloc)")
+
+
+def set_host_memory(mode):
+    """Gives the workers started from here the allocator setting of --host_memory (see
+    tfbert/train/host_memory.py); tfbert's worker sets it itself when it imports
+    tfbert.train, unless told otherwise."""
+    os.environ.pop("TF_CPU_ALLOCATOR_USE_BFC", None)
+    if mode == "pooled":
+        os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
+
+
+def host_allocator():
+    """In a TensorFlow worker: "BFC pool" or "malloc", the CPU allocator it runs on."""
+    from tfbert.train.host_memory import host_memory_pooled
+
+    return "BFC pool" if host_memory_pooled() else "malloc"
+
+
+def host_memory_note(mode, allocators):
+    """The results note on host memory; `allocators` maps a name to what its worker
+    reported (host_allocator)."""
+    return (f"Host memory (--host_memory {mode}), as each TensorFlow process reported its "
+            "CPU allocator: " + ", ".join(f"{name} {allocator}"
+                                          for name, allocator in allocators.items())
+            + (" (the same for all: tfbert.train turns the BFC pool on for tfbert, "
+               "TF_CPU_ALLOCATOR_USE_BFC=true for the others)." if mode == "pooled"
+               else " (each as its users get it: tfbert.train turns the BFC pool on; the "
+                    "others keep TensorFlow's default)."))
+
 
 def failure_reason(message):
     """One table cell from a worker's failure: the last exception line of its output.

@@ -32,6 +32,12 @@ its own process (this script re-run with a hidden --worker flag, printing one JS
 line), one after the other, so memory, threads and XLA state never leak between them.
 The first --warmup steps (tracing, XLA compilation) are untimed and reported apart;
 the table gives the median of --steps timed steps.
+
+Host memory (--host_memory): tfbert's worker imports tfbert.train first, as the README's
+fine-tuning script does, which puts TensorFlow's host memory in its BFC pool. By default
+KerasHub's worker gets the same setting, so the table compares the implementations, not
+the allocators; `--host_memory as_shipped` leaves KerasHub on TensorFlow's default.
+PyTorch has its own allocator either way.
 """
 
 import argparse
@@ -47,13 +53,17 @@ sys.path.insert(0, HERE)
 from common import (  # noqa: E402
     DEFAULT_TORCH_PYTHON,
     Report,
+    add_host_memory_flag,
     failure_reason,
     faster,
+    host_allocator,
+    host_memory_note,
     load_note,
     minilm_dir,
     percentile,
     pin_cores,
     run_json_worker,
+    set_host_memory,
     torch_adamw,
     torch_available,
 )
@@ -97,6 +107,7 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="CPU cores every implementation may use (default: all); "
                              "PyTorch gets as many threads")
+    add_host_memory_flag(parser)
     parser.add_argument("--worker_timeout", type=float, default=1800,
                         help="seconds one implementation's process may run")
     # Internal: one implementation in this process, given a job file; prints JSON.
@@ -165,6 +176,7 @@ def worker_tfbert(job, jit):
     import tensorflow as tf
 
     import tfbert
+    import tfbert.train  # noqa: F401  (as the README's script: host memory from the pool)
     from tfbert.convert import hf
 
     preset = job["preset_dir"]
@@ -273,6 +285,8 @@ def run_worker(args):
         result = worker_keras_hub(job)
     else:
         result = worker_hf(job)
+    if args.worker != "hf" and "steps" in result:
+        result["host_memory"] = host_allocator()
     print(json.dumps(result), flush=True)
 
 
@@ -304,6 +318,7 @@ def main(argv=None):
 
     # Before any worker starts: they inherit the affinity and size their pools from it.
     pin_cores(args.threads)
+    set_host_memory(args.host_memory)
     load = load_note()
     started = time.time()
     source = args.minilm_dir or minilm_dir()
@@ -365,7 +380,10 @@ def main(argv=None):
     report.note("tfbert and HF start from the real all-MiniLM-L6-v2 weights; KerasHub's "
                 "backbone is randomly initialised (same shape, same work). 'vs tfbert' is "
                 "examples/s over tfbert's (XLA) examples/s; > 1 means faster than tfbert. "
-                "Versions: " + "; ".join(versions) + ".")
+                + host_memory_note(args.host_memory,
+                                   {SHORT[run]: r["host_memory"] for run, r in results.items()
+                                    if "host_memory" in r})
+                + " Versions: " + "; ".join(versions) + ".")
     if "hf" in rates and args.threads > 1 and os.getloadavg()[0] > args.threads:
         report.note(
             "Caution: the machine was oversubscribed (load above the cores given). "

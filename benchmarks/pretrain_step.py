@@ -102,11 +102,15 @@ sys.path.insert(0, HERE)
 from common import (  # noqa: E402
     REPO_ROOT,
     Report,
+    add_host_memory_flag,
     failure_reason,
+    host_allocator,
+    host_memory_note,
     load_note,
     percentile,
     pin_cores,
     run_json_worker,
+    set_host_memory,
 )
 
 IMPLEMENTATIONS = ("tfbert", "keras_hub", "model_garden")
@@ -162,12 +166,7 @@ def parse_args(argv=None):
                              "implementation with the TF profiler (per-XLA-op events) into "
                              "LOGDIR/<implementation>-<size>-<precision> for TensorBoard, and "
                              "add a table of where each step's time goes" % PROFILE_STEPS)
-    parser.add_argument("--host_memory", choices=("pooled", "as_shipped"), default="pooled",
-                        help="pooled: every implementation allocates host memory from "
-                             "TensorFlow's BFC pool (tfbert.train turns it on for tfbert; "
-                             "TF_CPU_ALLOCATOR_USE_BFC does for the others), the same "
-                             "setting for all; as_shipped: each as its users get it (tfbert "
-                             "pooled, the others malloc)")
+    add_host_memory_flag(parser)
     parser.add_argument("--worker_timeout", type=float, default=1800,
                         help="seconds an implementation's process may take to build and "
                              "compile, or to run one turn of steps")
@@ -597,9 +596,7 @@ def run_worker(args):
                                    + " --xla_cpu_enable_xprof_traceme=true").strip()
     result = WORKERS[args.worker](args)
     if args.worker != "peak":
-        from tfbert.train.host_memory import host_memory_pooled
-
-        result["host_memory"] = "BFC pool" if host_memory_pooled() else "malloc"
+        result["host_memory"] = host_allocator()
     if getattr(args, "profile_summary", None):
         result["profile"] = args.profile_summary
     print(json.dumps(result), flush=True)
@@ -775,11 +772,7 @@ def main(argv=None):
 
     # Before any worker starts: they inherit the affinity and size their pools from it.
     pin_cores(args.threads)
-    # ... and the allocator setting (tfbert's worker sets it itself when it imports
-    # tfbert.train, unless told otherwise; see tfbert/train/host_memory.py).
-    os.environ.pop("TF_CPU_ALLOCATOR_USE_BFC", None)
-    if args.host_memory == "pooled":
-        os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
+    set_host_memory(args.host_memory)
     load = load_note()
     started = time.time()
     results, peak, peaks = {}, {}, {}
@@ -879,13 +872,8 @@ def main(argv=None):
         + (" On this CPU bf16 has no native matmul instructions, so bf16 rows are "
            "emulated; compare them with each other, not with fp32."
            if peak.get("device") == "CPU" and "bf16" in args.precisions else "")
-        + f" Host memory (--host_memory {args.host_memory}), as each process reported "
-        "its TensorFlow CPU allocator: "
-        + ", ".join(f"{SHORT[k]} {' / '.join(sorted(v))}" for k, v in allocators.items())
-        + (" (the same for all: tfbert.train turns the BFC pool on for tfbert, "
-           "TF_CPU_ALLOCATOR_USE_BFC=true for the others)." if args.host_memory == "pooled"
-           else " (each as its users get it: tfbert.train turns the BFC pool on; the "
-                "others keep TensorFlow's default).")
+        + " " + host_memory_note(args.host_memory, {SHORT[k]: " / ".join(sorted(v))
+                                                    for k, v in allocators.items()})
         + " Versions: " + "; ".join(f"{SHORT[k]}: {v}"
                                     for k, v in versions.items() if v) + ".")
     if args.profile:
