@@ -329,7 +329,8 @@ def add_host_memory_flag(parser):
 def set_host_memory(mode):
     """Gives the workers started from here the allocator setting of --host_memory (see
     tfbert/train/host_memory.py); tfbert's worker sets it itself when it imports
-    tfbert.train, unless told otherwise."""
+    tfbert.train, unless told otherwise. The variable is named here, not imported from
+    tfbert.train.host_memory: importing tfbert would load TensorFlow into the driver."""
     os.environ.pop("TF_CPU_ALLOCATOR_USE_BFC", None)
     if mode == "pooled":
         os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"

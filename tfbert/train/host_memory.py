@@ -11,7 +11,7 @@ the CPU it is one environment variable, TF_CPU_ALLOCATOR_USE_BFC, read once, whe
 TensorFlow creates its CPU device (at its first op).
 
 Importing `tfbert.train` sets it (see `pool_host_memory`), so a training script that
-imports tfbert before it runs TensorFlow gets it; `python -m tfbert.train` does. An
+imports tfbert.train before it runs TensorFlow gets it; `python -m tfbert.train` does. An
 explicit TF_CPU_ALLOCATOR_USE_BFC=false keeps malloc. The pool never hands memory back
 to the system, which suits a training process and is why only training turns it on.
 Processes started from such a script inherit the variable (the quickstart's reference
