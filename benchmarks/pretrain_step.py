@@ -575,6 +575,23 @@ def worker_peak(args):
             "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU"}
 
 
+def bf16_note(device, peaks):
+    """What the table's bf16 rows mean on a CPU, from the measured peaks (empty otherwise).
+
+    Whether the CPU has bf16 instructions is not the question: TensorFlow 2.20's XLA on
+    CPU multiplies bf16 matrices with its float32 matmul, converting the operands (the
+    step's profile shows the conversions), so its bf16 peak measures like the fp32 one
+    even on CPUs with avx512_bf16.
+    """
+    if device != "CPU" or "bf16" not in peaks or "fp32" not in peaks:
+        return ""
+    if peaks["bf16"] < 1.25 * peaks["fp32"]:
+        return (" On this CPU bf16 matmuls ran no faster than fp32 (the peaks above: XLA "
+                "converts bf16 operands and multiplies in float32), so bf16 rows pay for "
+                "the conversions; compare them with each other, not with fp32.")
+    return " On this CPU bf16 matmuls ran faster than fp32 (the peaks above)."
+
+
 def timed_once(f, *a):
     started = time.perf_counter()
     float(f(*a))
@@ -869,9 +886,7 @@ def main(argv=None):
         + ", ".join(f"{100 * tfbert_skipped_flops(size, 1, args.seq_length, args.max_predictions) / model_flops(size, 1, args.seq_length, args.max_predictions):.0f}% fewer FLOPs than counted at {size}"
                     for size in args.sizes)
         + ", so its MFU counts work it skips."
-        + (" On this CPU bf16 has no native matmul instructions, so bf16 rows are "
-           "emulated; compare them with each other, not with fp32."
-           if peak.get("device") == "CPU" and "bf16" in args.precisions else "")
+        + bf16_note(peak.get("device"), peaks)
         + " " + host_memory_note(args.host_memory, {SHORT[k]: " / ".join(sorted(v))
                                                     for k, v in allocators.items()})
         + " Versions: " + "; ".join(f"{SHORT[k]}: {v}"
