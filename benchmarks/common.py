@@ -323,7 +323,8 @@ def add_host_memory_flag(parser):
                              "from TensorFlow's BFC pool (tfbert.train turns it on for "
                              "tfbert; TF_CPU_ALLOCATOR_USE_BFC does for the others), the "
                              "same setting for all; as_shipped: each as its users get it "
-                             "(tfbert pooled, the others malloc)")
+                             "(tfbert pooled, the others on TensorFlow's default: malloc, "
+                             "or oneDNN's pool where TensorFlow turns oneDNN on)")
 
 
 def set_host_memory(mode):
@@ -337,10 +338,16 @@ def set_host_memory(mode):
 
 
 def host_allocator():
-    """In a TensorFlow worker: "BFC pool" or "malloc", the CPU allocator it runs on."""
+    """In a TensorFlow worker: "BFC pool", "oneDNN pool" or "malloc", the CPU allocator
+    it runs on (with oneDNN on, TensorFlow's CPU allocator is oneDNN's, which pools large
+    buffers whatever TF_CPU_ALLOCATOR_USE_BFC says)."""
+    from tensorflow.python.util import _pywrap_util_port
+
     from tfbert.train.host_memory import host_memory_pooled
 
-    return "BFC pool" if host_memory_pooled() else "malloc"
+    if not host_memory_pooled():
+        return "malloc"
+    return "oneDNN pool" if _pywrap_util_port.IsMklEnabled() else "BFC pool"
 
 
 def host_memory_note(mode, allocators):

@@ -53,7 +53,9 @@ the CPU (tfbert/train/host_memory.py), so a compiled step reuses its buffers ins
 faulting fresh pages in every step. By default every implementation gets that same
 setting (TF_CPU_ALLOCATOR_USE_BFC=true in its environment), so the table compares the
 implementations, not the allocators; `--host_memory as_shipped` runs each as its users
-get it (tfbert pooled, KerasHub and Model Garden on TensorFlow's default, malloc).
+get it (tfbert pooled, KerasHub and Model Garden on TensorFlow's default: malloc,
+or oneDNN's pool where TensorFlow turns oneDNN on, as it does by default on x86 CPUs with
+AVX-512 VNNI/BF16 or AMX).
 
 Model FLOPs per step (the work of the model, the same for every implementation, so the
 utilisation compares like with like). With L layers, hidden H, intermediate I,

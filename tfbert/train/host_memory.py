@@ -16,6 +16,11 @@ explicit TF_CPU_ALLOCATOR_USE_BFC=false keeps malloc. The pool never hands memor
 to the system, which suits a training process and is why only training turns it on.
 Processes started from such a script inherit the variable (the quickstart's reference
 server does; a short-lived one, so that is harmless there).
+
+Where TensorFlow turns oneDNN on (by default on x86 CPUs with AVX-512 VNNI/BF16 or AMX;
+it logs "oneDNN custom operations are on"; TF_ENABLE_ONEDNN_OPTS=1 elsewhere), its CPU
+allocator is oneDNN's, which pools large buffers itself whatever TF_CPU_ALLOCATOR_USE_BFC
+says: such a process is pooled from the start, and `host_memory_pooled` says so.
 """
 
 import os
