@@ -18,8 +18,9 @@
 
 Re-running replaces the previous run's minilm/, sentiment/ and export/ (each written
 whole, then swapped in) and nothing else in OUTPUT_DIR. The defaults took about 3.6
-minutes of CPU time and 2.5 minutes on two otherwise idle CPU cores (longer when other
-work shares them), and reach a held-out accuracy of about 0.8; the export in
+minutes of CPU time and 2.5 minutes on two otherwise idle CPU cores of one machine, 82 s
+of CPU time and 71 s on two cores of a faster one (longer when other work shares them),
+and reach a held-out accuracy of about 0.8; the export in
 OUTPUT_DIR/export is what `tensorflow/serving:2.20.*` serves too (see serving/).
 """
 
