@@ -5,8 +5,8 @@ import math
 import keras
 import tensorflow as tf
 from keras import ops
-from tensorflow.python.ops import control_flow_util
 
+from tfbert.layers.dense import on_cpu_under_xla
 from tfbert.train import layer_decay
 
 OPTIMIZERS = ("adamw", "lamb")
@@ -117,10 +117,7 @@ def split_in_place_update(variable):
     """
     if math.prod(int(dim) for dim in variable.shape) < SPLIT_UPDATE_MIN_SIZE:
         return False
-    if not control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
-        return False
-    handle = variable.value if isinstance(variable, keras.Variable) else variable
-    return "CPU" in (getattr(handle, "device", "") or "").upper()
+    return on_cpu_under_xla(variable)
 
 
 def apart_from_in_place_update(compute, iterations):
