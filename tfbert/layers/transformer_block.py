@@ -111,9 +111,9 @@ class TransformerBlock(keras.layers.Layer):
         residual = tf.reshape(rows, [-1, self.hidden_dim])             # [B*Q, H]
         # The fused kernel's first H columns project the queries, the other 2H the keys
         # and values: two matmuls, so that the queries of the other rows are not computed.
-        kernel = ops.cast(self.qkv.kernel, self.compute_dtype)         # [H, 3*H]
-        bias = ops.cast(self.qkv.bias, self.compute_dtype)
         variable = self.qkv.kernel
+        kernel = ops.cast(variable, self.compute_dtype)                # [H, 3*H]
+        bias = ops.cast(self.qkv.bias, self.compute_dtype)
         q = dense_lib.matmul(residual, kernel[:, :self.hidden_dim], variable) + bias[:self.hidden_dim]
         q = tf.transpose(tf.reshape(q, [batch, queries, self.num_heads, self.head_dim]),
                          [0, 2, 1, 3])                                 # [B, N, Q, D]
