@@ -58,9 +58,18 @@ def test_values_and_gradients_equal_keras_dense(jit_compile):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-4)
 
 
-def test_under_xla_on_the_cpu_the_input_gradient_takes_a_transposed_copy():
+def test_under_xla_on_the_cpu_the_input_gradient_takes_a_transposed_copy(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
     ours, _ = make_pair()
     # The copy sits in a conditional, which XLA keeps as a boundary.
+    assert conditionals(ours, jit_compile=True)
+
+
+def test_a_mixed_bfloat16_layer_takes_the_transposed_copy_too(monkeypatch):
+    # Its kernel reads as an autocast bf16 copy with no device inside call; the layer
+    # must look at the variable behind it.
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    ours, _ = make_pair(dtype="mixed_bfloat16")
     assert conditionals(ours, jit_compile=True)
 
 
@@ -94,3 +103,46 @@ def test_rank_3_inputs_and_bf16_match_keras_dense():
     for a, b in zip(g1, g2):
         np.testing.assert_allclose(tf.cast(a, "float32").numpy(), tf.cast(b, "float32").numpy(),
                                    rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ("", False),
+    ("--xla_cpu_use_xnnpack=true", True),
+    ("--xla_dump_to=/tmp/x --xla_cpu_use_xnnpack", True),
+    ("--xla_cpu_use_xnnpack=false", False),
+    ("--xla_cpu_use_xnnpack=true --xla_cpu_use_xnnpack=false", False),
+    ("--xla_cpu_use_xnnpack_other=true", False),
+])
+def test_xnnpack_dots_reads_xla_flags(monkeypatch, flags, expected):
+    monkeypatch.setenv("XLA_FLAGS", flags)
+    assert dense_lib.xnnpack_dots() is expected
+
+
+def test_under_xnnpack_bf16_takes_the_kernel_gradient_from_a_transposed_input(monkeypatch):
+    # XNNPACK has no transposed left operand: dw = x^T dy reads a copy of x^T (in a
+    # conditional), and dx = dy W^T is a plain matmul (XNNPACK transposes the right one).
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_xnnpack=true")
+    ours, theirs = make_pair(dtype="mixed_bfloat16")
+    assert conditionals(ours, jit_compile=True)
+    rng = np.random.default_rng(3)
+    x = tf.constant(rng.normal(size=(20, 32)).astype("float32"))
+    dy = tf.constant(rng.normal(size=(20, 48)).astype("float32"))
+    y1, g1 = value_and_grads(ours, x, dy, True)
+    y2, g2 = value_and_grads(theirs, x, dy, True)
+    np.testing.assert_array_equal(tf.cast(y1, "float32").numpy(), tf.cast(y2, "float32").numpy())
+    assert len(g1) == len(g2) == 3
+    for a, b in zip(g1, g2):
+        a, b = tf.cast(a, "float32").numpy(), tf.cast(b, "float32").numpy()
+        np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-2 * np.abs(b).max())
+
+
+def test_under_xnnpack_float32_is_a_plain_matmul(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_xnnpack=true")
+    ours, theirs = make_pair()
+    assert not conditionals(ours, jit_compile=True)
+    x = tf.constant(np.random.default_rng(4).normal(size=(20, 32)).astype("float32"))
+    dy = tf.ones([20, 48])
+    _, g1 = value_and_grads(ours, x, dy, True)
+    _, g2 = value_and_grads(theirs, x, dy, True)
+    for a, b in zip(g1, g2):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-4)

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfbert.models import presets
+from tfbert.train import cpu_xla
 from tfbert.train.host_memory import pooling_note
 from tfbert.train.optimizers import make_optimizer, set_layer_decay
 from tfbert.train.strategies import is_chief
@@ -70,6 +71,12 @@ class Trainer:
                 f"trainer.global_batch_size {trainer.global_batch_size} is not divisible by "
                 f"the {strategy.num_replicas_in_sync} replicas"
             )
+        on_cpu = all("CPU" in device.upper() for device in strategy.extended.worker_devices)
+        if cpu_xla.wants_xnnpack(config.model.dtype, trainer.jit_compile, on_cpu):
+            # Before anything compiles: XLA reads its flags once (tfbert/train/cpu_xla.py).
+            cpu_xla.use_xnnpack_dots()
+            self._log("bfloat16 on a CPU with AVX512-BF16: XLA's XNNPACK matmuls on "
+                      "(XLA_FLAGS=--xla_cpu_use_xnnpack=false keeps them off)")
         # Same seed, same initial weights and dropout masks: runs are reproducible and
         # comparable across strategies.
         keras.utils.set_random_seed(trainer.seed)
