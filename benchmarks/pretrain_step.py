@@ -115,19 +115,17 @@ from common import (  # noqa: E402
     set_host_memory,
 )
 
-XNNPACK_FLAG = "--xla_cpu_use_xnnpack"
-
-
-def xnnpack_env(precision):
-    """The environment that turns XLA's XNNPACK matmuls on, for a bf16 group on a CPU with
-    bf16 dot instructions (where tfbert's trainer turns them on: tfbert/train/cpu_xla.py);
-    None elsewhere, or where XLA_FLAGS already names the flag (then it holds for all)."""
+def xnnpack_env(precision, xla=True):
+    """The environment that turns XLA's XNNPACK matmuls on, for a bf16 group under XLA on
+    a CPU with bf16 dot instructions (where tfbert's trainer turns them on:
+    tfbert/train/cpu_xla.py); None elsewhere, or where XLA_FLAGS already names the flag
+    (then it holds for all)."""
     from tfbert.train import cpu_xla
 
-    flags = os.environ.get("XLA_FLAGS", "")
-    if precision != "bf16" or XNNPACK_FLAG in flags or not cpu_xla.cpu_has_bf16_dot():
+    if not cpu_xla.wants_xnnpack("mixed_bfloat16" if precision == "bf16" else precision,
+                                 jit_compile=xla, on_cpu=True):
         return None
-    return {**os.environ, "XLA_FLAGS": f"{flags} {XNNPACK_FLAG}=true".strip()}
+    return {**os.environ, "XLA_FLAGS": cpu_xla.xla_flags_with_xnnpack()}
 
 
 IMPLEMENTATIONS = ("tfbert", "keras_hub", "model_garden")
@@ -748,8 +746,9 @@ class Server:
             self.proc.wait()
 
 
-def interleaved(args, size, precision):
-    """{implementation: result} for one size and precision.
+def interleaved(args, size, precision, env=None):
+    """{implementation: result} for one size and precision; the peers run with `env` (see
+    xnnpack_env) where it is given.
 
     All the implementations' processes stay up side by side. Each builds and compiles
     while the others wait; then they take turns of --steps timed steps, the others idle,
@@ -757,7 +756,6 @@ def interleaved(args, size, precision):
     falls on all of them alike rather than on whichever ran at that moment.
     """
     servers, xnnpack_failed = {}, {}
-    env = xnnpack_env(precision)
     try:
         for impl in args.implementations:  # one at a time: compiles never overlap
             # tfbert's trainer turns XNNPACK on by itself where it applies; the peers get
@@ -838,14 +836,16 @@ def main(argv=None):
                 peak = measured
             for name, value in measured.get("peaks", {}).items():
                 peaks[name] = max(value, peaks.get(name, 0.0))
-            env = xnnpack_env(precision)
+            on_cpu = measured.get("device", "CPU") == "CPU"
+            env = xnnpack_env(precision) if on_cpu else None
             if env:  # bf16 through XNNPACK: the better of the two is the bf16 peak
                 with_xnnpack = run_one(args, "peak", f"{size} {precision}: the peak with "
                                        "XNNPACK", env=env).get("peaks", {})
                 if "bf16" in with_xnnpack:
                     xnnpack_peak["bf16"] = max(with_xnnpack["bf16"], xnnpack_peak.get("bf16", 0.0))
                     peaks["bf16"] = max(with_xnnpack["bf16"], peaks.get("bf16", 0.0))
-            for impl, result in interleaved(args, size, precision).items():
+            peer_env = xnnpack_env(precision, args.xla != "off") if on_cpu else None
+            for impl, result in interleaved(args, size, precision, peer_env).items():
                 results[size, precision, impl] = result
 
     report = Report("pretrain_step", "Pretraining step (MLM + NSP): sequences/s and MFU")

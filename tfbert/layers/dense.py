@@ -37,8 +37,9 @@ from tensorflow.python.ops import control_flow_util
 XNNPACK_FLAG = "--xla_cpu_use_xnnpack"
 
 
-def xnnpack_dots():
-    """Whether XLA_FLAGS turns XLA's XNNPACK dots on (the last setting wins, as in XLA).
+def xnnpack_setting():
+    """What XLA_FLAGS says of XLA's XNNPACK dots: True, False, or None where it does not
+    name the flag (the last setting wins, as in XLA).
 
     XLA reads XLA_FLAGS once, at the process's first XLA compile; this reads the variable
     now, which is what XLA saw unless the variable changed after that first compile.
@@ -48,7 +49,12 @@ def xnnpack_dots():
         name, _, setting = flag.partition("=")
         if name == XNNPACK_FLAG:
             value = setting.lower() in ("", "true", "1")
-    return bool(value)
+    return value
+
+
+def xnnpack_dots():
+    """Whether XLA_FLAGS turns XLA's XNNPACK dots on."""
+    return bool(xnnpack_setting())
 
 
 def on_cpu_under_xla(variable):

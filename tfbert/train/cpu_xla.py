@@ -16,7 +16,7 @@ as it is (--xla_cpu_use_xnnpack=false keeps it off).
 
 import os
 
-from tfbert.layers.dense import XNNPACK_FLAG, xnnpack_dots
+from tfbert.layers.dense import XNNPACK_FLAG, xnnpack_dots, xnnpack_setting
 
 CPU_FLAGS_FILE = "/proc/cpuinfo"
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -39,14 +39,15 @@ def wants_xnnpack(dtype_policy, jit_compile, on_cpu, cpuinfo=CPU_FLAGS_FILE):
     XLA_FLAGS does not already say."""
     if dtype_policy != "mixed_bfloat16" or not jit_compile or not on_cpu:
         return False
-    if any(flag.partition("=")[0] == XNNPACK_FLAG
-           for flag in os.environ.get("XLA_FLAGS", "").split()):
-        return False
-    return cpu_has_bf16_dot(cpuinfo)
+    return xnnpack_setting() is None and cpu_has_bf16_dot(cpuinfo)
+
+
+def xla_flags_with_xnnpack():
+    """XLA_FLAGS as it is, with XNNPACK dots turned on at the end."""
+    return f"{os.environ.get('XLA_FLAGS', '')} {XNNPACK_FLAG}=true".strip()
 
 
 def use_xnnpack_dots():
     """Adds the flag to XLA_FLAGS; True when XNNPACK dots are now asked for."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    os.environ["XLA_FLAGS"] = f"{flags} {XNNPACK_FLAG}=true".strip()
+    os.environ["XLA_FLAGS"] = xla_flags_with_xnnpack()
     return xnnpack_dots()
