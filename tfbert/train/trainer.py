@@ -75,7 +75,7 @@ class Trainer:
         if cpu_xla.wants_xnnpack(config.model.dtype, trainer.jit_compile, on_cpu):
             # Before anything compiles: XLA reads its flags once (tfbert/train/cpu_xla.py).
             cpu_xla.use_xnnpack_dots()
-            self._log("bfloat16 on a CPU with AVX512-BF16: XLA's XNNPACK matmuls on "
+            self._log("bfloat16 on a CPU with bf16 dot instructions: XLA's XNNPACK matmuls on "
                       "(XLA_FLAGS=--xla_cpu_use_xnnpack=false keeps them off)")
         # Same seed, same initial weights and dropout masks: runs are reproducible and
         # comparable across strategies.
