@@ -105,8 +105,8 @@ def transposed_copy(matrix, dy):
     return tf.cond(ok, lambda: tf.transpose(matrix), lambda: transposed_by_gather(matrix))
 
 
-def transposed_by_gather(kernel):
-    return tf.gather(tf.transpose(kernel), tf.range(tf.shape(kernel)[1]))
+def transposed_by_gather(matrix):
+    return tf.gather(tf.transpose(matrix), tf.range(tf.shape(matrix)[1]))
 
 
 @keras.saving.register_keras_serializable(package="tfbert")

@@ -94,7 +94,7 @@ class TransformerBlock(keras.layers.Layer):
         # The kernel's columns are [3, N, D]. One transpose gives the heads of all
         # three (einsum would transpose q, k, v and the context separately).
         qkv = tf.reshape(qkv, [batch, seq, 3, self.num_heads, self.head_dim])
-        q, k, v = tf.unstack(self._heads(tf.transpose(qkv, [2, 0, 3, 1, 4])))  # 3 x [B*N, S, D]
+        q, k, v = tf.unstack(self._heads(tf.transpose(qkv, [2, 0, 3, 1, 4]), seq))  # 3 x [B*N, S, D]
         residual = tokens                                              # [B*Q, H]
         if first_token_only:
             q = q[:, :1]                                               # [B*N, 1, D]
@@ -116,16 +116,17 @@ class TransformerBlock(keras.layers.Layer):
         bias = ops.cast(self.qkv.bias, self.compute_dtype)
         q = dense_lib.matmul(residual, kernel[:, :self.hidden_dim], variable) + bias[:self.hidden_dim]
         q = tf.reshape(q, [batch, queries, self.num_heads, self.head_dim])
-        q = self._heads(tf.transpose(q, [0, 2, 1, 3]))                 # [B*N, Q, D]
+        q = self._heads(tf.transpose(q, [0, 2, 1, 3]), queries)        # [B*N, Q, D]
         tokens = tf.reshape(x, [-1, self.hidden_dim])                  # [T, H]
         kv = dense_lib.matmul(tokens, kernel[:, self.hidden_dim:], variable) + bias[self.hidden_dim:]
         kv = tf.reshape(kv, [batch, seq, 2, self.num_heads, self.head_dim])
-        k, v = tf.unstack(self._heads(tf.transpose(kv, [2, 0, 3, 1, 4])))  # 2 x [B*N, S, D]
+        k, v = tf.unstack(self._heads(tf.transpose(kv, [2, 0, 3, 1, 4]), seq))  # 2 x [B*N, S, D]
         out = self._attention_and_feed_forward(q, k, v, residual, attention_mask, training)
         return tf.reshape(out, [batch, queries, self.hidden_dim])
 
-    def _heads(self, x):
-        """[..., B, N, S, D] -> [..., B*N, S, D]: the attention matmuls' batch in one
+    def _heads(self, x, length):
+        """[..., B, N, S, D] -> [..., B*N, S, D] (S = `length`; the leading axes are
+        static: none, or q/k/v's 3 or k/v's 2): the attention matmuls' batch in one
         leading dimension. XLA gives a transpose a permuted layout (a bitcast of its
         input), and under XLA's XNNPACK dots (tfbert/train/cpu_xla.py) a 4-D batched
         matmul reading such an operand fails to compile ("LHS batch dims [0,1] must be in
@@ -133,8 +134,7 @@ class TransformerBlock(keras.layers.Layer):
         XNNPACK it is the same speed: pretraining step, batch 8 x 128, 2-core CPU,
         interleaved in one process, 112 against 112 ms (mini bf16) and 1,485 against
         1,485 ms (base fp32) a step, medians."""
-        shape = tf.shape(x)
-        return tf.reshape(x, tf.concat([shape[:-4], [-1], shape[-2:]], 0))
+        return tf.reshape(x, [*x.shape[:-4], -1, length, self.head_dim])
 
     def _attention_and_feed_forward(self, q, k, v, residual, attention_mask, training):
         """The block from the heads' q [B*N, Q, D], k, v [B*N, S, D] and the residual
