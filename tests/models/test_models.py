@@ -175,6 +175,33 @@ def test_mixed_precision_keeps_layer_norm_and_softmax_in_float32(policy):
     )
 
 
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_task_heads_compute_under_the_encoders_mixed_precision_policy(policy):
+    # A functional model's own dtype_policy is the global default whatever its layers
+    # were given; heads take the layers' policy, and cast their logits to float32.
+    encoder = tiny_encoder(dtype=policy)
+    assert encoder.dtype_policy.name == "float32"
+    assert encoder.layers_dtype_policy.name == policy
+    half = "bfloat16" if policy == "mixed_bfloat16" else "float16"
+    heads = {"pretrainer": ["mlm_head", "nsp_head"], "classifier": ["classifier"],
+             "regressor": ["classifier"], "token_classifier": ["classifier"],
+             "question_answerer": ["span_head"]}
+    x = inputs()
+    for name, (model, prep) in build_all(encoder).items():
+        if name == "encoder":
+            continue
+        for head in heads[name]:
+            assert model.get_layer(head).compute_dtype == half, (name, head)
+        out = model(prep(x))
+        if isinstance(out, dict):  # the pretrainer: the encoder's outputs and two logits
+            out = {k: v for k, v in out.items() if k.endswith("logits")}
+        logits = tf.nest.flatten(out)
+        assert logits and all(v.dtype == "float32" for v in logits), name
+    pretrainer = build_all(encoder)["pretrainer"][0]
+    assert pretrainer.mlm_head.transform.compute_dtype == half
+    assert pretrainer.mlm_head.layer_norm.compute_dtype == "float32"
+
+
 def test_activation_forms_differ_and_unknown_is_rejected():
     x = inputs()
     exact = tiny_encoder(activation="gelu")

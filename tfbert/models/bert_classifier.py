@@ -25,7 +25,7 @@ class BertClassifier(BertTask):
             kernel_initializer=keras.initializers.TruncatedNormal(
                 stddev=encoder.initializer_range
             ),
-            dtype=encoder.dtype_policy,
+            dtype=encoder.layers_dtype_policy,
             name="classifier",
         )
         inputs = self.encoder_inputs()

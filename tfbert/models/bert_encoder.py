@@ -136,6 +136,16 @@ class BertEncoder(keras.Model):
         return x
 
     @property
+    def layers_dtype_policy(self):
+        """The dtype policy the encoder's layers run under: the `dtype` it was built with.
+
+        Heads built on the encoder take this one: a functional Keras model keeps no
+        policy of its own, and its `dtype_policy` is the global default (float32 unless
+        set), whatever `dtype` its layers were given.
+        """
+        return self.embeddings.dtype_policy
+
+    @property
     def word_embeddings(self):
         """The [V, H] word embedding layer (tied to the MLM decoder)."""
         return self.embeddings.word_embeddings

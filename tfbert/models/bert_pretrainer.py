@@ -23,7 +23,7 @@ class BertPretrainer(BertTask):
             initializer_range=encoder.initializer_range,
             layer_norm_epsilon=encoder.layer_norm_epsilon,
             embeddings=encoder.word_embeddings,
-            dtype=encoder.dtype_policy,
+            dtype=encoder.layers_dtype_policy,
             name="mlm_head",
         )
         nsp_head = keras.layers.Dense(
@@ -31,7 +31,7 @@ class BertPretrainer(BertTask):
             kernel_initializer=keras.initializers.TruncatedNormal(
                 stddev=encoder.initializer_range
             ),
-            dtype=encoder.dtype_policy,
+            dtype=encoder.layers_dtype_policy,
             name="nsp_head",
         )
         inputs = self.encoder_inputs()

@@ -21,7 +21,7 @@ class BertQuestionAnswerer(BertTask):
         head = SpanHead(
             hidden_dim=encoder.hidden_dim,
             initializer_range=encoder.initializer_range,
-            dtype=encoder.dtype_policy,
+            dtype=encoder.layers_dtype_policy,
             name="span_head",
         )
         inputs = self.encoder_inputs()
