@@ -176,9 +176,10 @@ def test_mixed_precision_keeps_layer_norm_and_softmax_in_float32(policy):
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
-def test_task_heads_compute_under_the_encoders_mixed_precision_policy(policy):
+def test_task_heads_compute_under_the_encoders_mixed_precision_policy(tmp_path, policy):
     # A functional model's own dtype_policy is the global default whatever its layers
-    # were given; heads take the layers' policy, and cast their logits to float32.
+    # were given; heads take the layers' policy, and cast their logits to float32. The
+    # policy survives a .keras save and load.
     encoder = tiny_encoder(dtype=policy)
     assert encoder.dtype_policy.name == "float32"
     assert encoder.layers_dtype_policy.name == policy
@@ -200,6 +201,13 @@ def test_task_heads_compute_under_the_encoders_mixed_precision_policy(policy):
     pretrainer = build_all(encoder)["pretrainer"][0]
     assert pretrainer.mlm_head.transform.compute_dtype == half
     assert pretrainer.mlm_head.layer_norm.compute_dtype == "float32"
+    path = str(tmp_path / "pretrainer.keras")
+    pretrainer.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.encoder.layers_dtype_policy.name == policy
+    assert loaded.mlm_head.compute_dtype == half and loaded.nsp_head.compute_dtype == half
+    x = with_positions(x)
+    assert helpers.max_abs_diff(pretrainer(x)["mlm_logits"], loaded(x)["mlm_logits"]) == 0.0
 
 
 def test_activation_forms_differ_and_unknown_is_rejected():
