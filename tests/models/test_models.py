@@ -177,11 +177,10 @@ def test_mixed_precision_keeps_layer_norm_and_softmax_in_float32(policy):
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_task_heads_compute_under_the_encoders_mixed_precision_policy(tmp_path, policy):
-    # A functional model's own dtype_policy is the global default whatever its layers
-    # were given; heads take the layers' policy, and cast their logits to float32. The
-    # policy survives a .keras save and load.
+    # Keras keeps no policy for a functional model (its dtype_policy is the global
+    # default), so heads take the policy of the encoder's layers, and cast their logits
+    # to float32. The policy survives a .keras save and load.
     encoder = tiny_encoder(dtype=policy)
-    assert encoder.dtype_policy.name == "float32"
     assert encoder.layers_dtype_policy.name == policy
     half = "bfloat16" if policy == "mixed_bfloat16" else "float16"
     heads = {"pretrainer": ["mlm_head", "nsp_head"], "classifier": ["classifier"],
@@ -208,6 +207,27 @@ def test_task_heads_compute_under_the_encoders_mixed_precision_policy(tmp_path, 
     assert loaded.mlm_head.compute_dtype == half and loaded.nsp_head.compute_dtype == half
     x = with_positions(x)
     assert helpers.max_abs_diff(pretrainer(x)["mlm_logits"], loaded(x)["mlm_logits"]) == 0.0
+
+
+def test_under_xla_on_the_cpu_a_mixed_precision_mlm_decoder_stays_float32():
+    # XLA on a CPU would run the half-precision decoder matmul in float32 anyway; the
+    # head keeps it (logits, bias) in float32 there and skips the casts.
+    head = tfbert.BertPretrainer(tiny_encoder(dtype="mixed_bfloat16")).mlm_head
+    seq = tf.random.normal([2, 6, TINY["hidden_dim"]], seed=1)
+    positions = tf.constant([[1, 2, 5], [0, 3, 4]])
+    table = head.embeddings.embeddings
+
+    @tf.function(jit_compile=True)
+    def logits_and_reference(seq, positions):
+        rows = head.layer_norm(head.transform(tf.gather(seq, positions, batch_dims=1)))
+        reference = tf.einsum("bph,vh->bpv", tf.cast(rows, "float32"), table) + head.output_bias
+        return tf.cast(head(seq, positions), "float32"), reference
+
+    logits, reference = logits_and_reference(seq, positions)
+    assert reference.dtype == "float32" and logits.shape == reference.shape
+    # bfloat16 logits would be off by about 2**-8 of their size.
+    scale = float(tf.reduce_max(tf.abs(reference)))
+    assert helpers.max_abs_diff(logits, reference) <= 1e-5 * scale
 
 
 def test_activation_forms_differ_and_unknown_is_rejected():
