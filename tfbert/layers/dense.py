@@ -61,12 +61,18 @@ def on_cpu_under_xla(variable):
     """Whether the graph being traced is compiled by XLA and `variable` lives on a CPU."""
     if not control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
         return False
-    if isinstance(variable, keras.Variable):
-        # The backing tf.Variable: in a mixed-precision layer's call `.value` is the
-        # autocast copy, a tensor with no device.
-        backing = getattr(variable, "_value", None)
-        variable = variable.value if backing is None else backing
+    variable = backing_variable(variable)
     return "CPU" in (getattr(variable, "device", "") or "").upper()
+
+
+def backing_variable(variable):
+    """The tf.Variable behind a Keras variable (other values as they are). In a
+    mixed-precision layer's call a Keras variable reads as its autocast copy, a
+    half-precision tensor with no device; the tf.Variable reads as itself."""
+    if isinstance(variable, keras.Variable):
+        backing = getattr(variable, "_value", None)
+        return variable.value if backing is None else backing
+    return variable
 
 
 def matmul(x, kernel, variable):

@@ -3,7 +3,7 @@ import tensorflow as tf
 from keras import ops
 
 from tfbert.layers.activations import get_activation
-from tfbert.layers.dense import on_cpu_under_xla
+from tfbert.layers.dense import backing_variable, on_cpu_under_xla
 
 
 @keras.saving.register_keras_serializable(package="tfbert")
@@ -75,7 +75,7 @@ class MaskedLMHead(keras.layers.Layer):
             # median of 104 ms, against 109 with a bfloat16 decoder and 104 with the
             # whole head in float32 (interleaved A/B, 32 steps each).
             dtype = "float32"
-            table, bias = _float32_value(table), _float32_value(bias)
+            table, bias = backing_variable(table), backing_variable(bias)
         x = ops.cast(x, dtype)
         batch, predictions = tf.shape(x)[0], tf.shape(x)[1]
         rows = tf.reshape(x, [-1, self.hidden_dim])                               # [B*P, H]
@@ -100,10 +100,3 @@ class MaskedLMHead(keras.layers.Layer):
             layer_norm_epsilon=self.layer_norm_epsilon,
         )
         return config
-
-
-def _float32_value(variable):
-    """A Keras variable's own float32 value, also inside a mixed-precision layer's call,
-    where reading it gives a half-precision copy."""
-    backing = getattr(variable, "_value", None)
-    return tf.convert_to_tensor(variable if backing is None else backing)
