@@ -115,6 +115,7 @@ from common import (  # noqa: E402
     set_host_memory,
 )
 
+
 def xnnpack_env(precision, xla=True):
     """The environment that turns XLA's XNNPACK matmuls on, for a bf16 group under XLA on
     a CPU with bf16 dot instructions (where tfbert's trainer turns them on:
