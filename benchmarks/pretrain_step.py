@@ -39,6 +39,12 @@ Precision: fp32, or bf16 (Keras `mixed_bfloat16` dtype policy for tfbert and Ker
 tf_keras `mixed_bfloat16` global policy for Model Garden: bf16 matmuls, fp32 weights).
 On a CPU without native bf16 instructions bf16 is emulated and slower than fp32.
 
+XLA flags: on a CPU tfbert's trainer adds XLA flags where they apply
+(tfbert/train/cpu_xla.py: XNNPACK matmuls in bf16 on CPUs with AVX512-BF16, 512-bit
+vectors in fp32 on CPUs with AVX-512). The peers' processes get the same flags in
+XLA_FLAGS, so all compile alike; a peer whose step fails to compile with them runs
+without, and its XLA column says so.
+
 Each implementation runs in its own process (this script re-run with hidden --worker
 and --serve flags, talking JSON lines), so memory, threads and XLA state never leak
 between them. The processes of one size and precision stay up side by side: each builds
@@ -116,6 +122,10 @@ from common import (  # noqa: E402
 )
 
 
+def policy_of(precision):
+    return "mixed_bfloat16" if precision == "bf16" else "float32"
+
+
 def xnnpack_env(precision, xla=True):
     """The environment that turns XLA's XNNPACK matmuls on, for a bf16 group under XLA on
     a CPU with bf16 dot instructions (where tfbert's trainer turns them on:
@@ -123,10 +133,23 @@ def xnnpack_env(precision, xla=True):
     (then it holds for all)."""
     from tfbert.train import cpu_xla
 
-    if not cpu_xla.wants_xnnpack("mixed_bfloat16" if precision == "bf16" else precision,
-                                 jit_compile=xla, on_cpu=True):
+    if not cpu_xla.wants_xnnpack(policy_of(precision), jit_compile=xla, on_cpu=True):
         return None
     return {**os.environ, "XLA_FLAGS": cpu_xla.xla_flags_with_xnnpack()}
+
+
+def peer_env(precision, xla=True):
+    """(environment, what it adds) with the XLA flags tfbert's trainer adds for this
+    precision on this CPU (tfbert/train/cpu_xla.py: XNNPACK matmuls in bf16 on CPUs with
+    AVX512-BF16, 512-bit vectors in fp32 on CPUs with AVX-512), so the peers compile
+    under the same flags as tfbert; (None, "") where it adds none."""
+    from tfbert.train import cpu_xla
+
+    tuned = cpu_xla.tuned_flags(policy_of(precision), jit_compile=xla, on_cpu=True)
+    if not tuned:
+        return None, ""
+    env = {**os.environ, "XLA_FLAGS": cpu_xla.xla_flags_with(f for f, _ in tuned)}
+    return env, " + ".join(what for _, what in tuned)
 
 
 IMPLEMENTATIONS = ("tfbert", "keras_hub", "model_garden")
@@ -678,7 +701,7 @@ class Server:
         import subprocess
         import threading
 
-        self.what = f"{size} {precision} {impl}" + (" (XNNPACK)" if env else "")
+        self.what = f"{size} {precision} {impl}" + (" (XLA flags added)" if env else "")
         self.timeout = args.worker_timeout
         self.failure = None
         self.stderr = tempfile.TemporaryFile(mode="w+")
@@ -747,24 +770,25 @@ class Server:
             self.proc.wait()
 
 
-def interleaved(args, size, precision, env=None):
+def interleaved(args, size, precision, env=None, env_what=""):
     """{implementation: result} for one size and precision; the peers run with `env` (see
-    xnnpack_env) where it is given.
+    peer_env; `env_what` says what it adds) where it is given.
 
     All the implementations' processes stay up side by side. Each builds and compiles
     while the others wait; then they take turns of --steps timed steps, the others idle,
     for --rounds rounds with the order rotating, so a change in a shared machine's speed
     falls on all of them alike rather than on whichever ran at that moment.
     """
-    servers, xnnpack_failed = {}, {}
+    servers, env_failed = {}, {}
     try:
         for impl in args.implementations:  # one at a time: compiles never overlap
-            # tfbert's trainer turns XNNPACK on by itself where it applies; the peers get
-            # it from XLA_FLAGS, and run without it where their step fails to compile.
-            peer_env = env if impl != "tfbert" else None
-            servers[impl] = Server(args, impl, size, precision, peer_env)
-            if peer_env and servers[impl].failure:
-                xnnpack_failed[impl] = servers[impl].failure
+            # tfbert's trainer adds its XLA flags by itself where they apply; the peers
+            # get them from XLA_FLAGS, and run without them where their step fails to
+            # compile.
+            impl_env = env if impl != "tfbert" else None
+            servers[impl] = Server(args, impl, size, precision, impl_env)
+            if impl_env and servers[impl].failure:
+                env_failed[impl] = servers[impl].failure
                 servers[impl] = Server(args, impl, size, precision)
         order = list(args.implementations)
         for round_ in range(args.rounds):
@@ -775,17 +799,26 @@ def interleaved(args, size, precision, env=None):
         for impl, result in results.items():
             if "xla" not in result:
                 continue
-            if impl in xnnpack_failed:
-                reason = xnnpack_failed[impl].removeprefix("failed: ")
-                result["xla"] += f" (without XNNPACK: with it the step failed: {reason[:160]})"
+            if impl in env_failed:
+                reason = env_failed[impl].removeprefix("failed: ")
+                result["xla"] += (f" (without {env_what}: with them the step failed: "
+                                  f"{reason[:160]})")
             elif env:
-                result["xla"] += " + XNNPACK matmuls"
+                result["xla"] += f" + {env_what}"
         return results
     finally:
         for server in servers.values():
             server.kill()
 
 
+def round_ratios(ours, peer, steps):
+    """tfbert / peer speed, one per round: the medians of each round's `steps` timed
+    steps (a worker's step times come turn after turn); [] with fewer than two rounds."""
+    rounds = min(len(ours), len(peer)) // steps
+    if rounds < 2:
+        return []
+    return [percentile(peer[r * steps:(r + 1) * steps], 50)
+            / percentile(ours[r * steps:(r + 1) * steps], 50) for r in range(rounds)]
 
 
 def profile_report(report, args, results):
@@ -845,8 +878,10 @@ def main(argv=None):
                 if "bf16" in with_xnnpack:
                     xnnpack_peak["bf16"] = max(with_xnnpack["bf16"], xnnpack_peak.get("bf16", 0.0))
                     peaks["bf16"] = max(with_xnnpack["bf16"], peaks.get("bf16", 0.0))
-            peer_env = xnnpack_env(precision, args.xla != "off") if on_cpu else None
-            for impl, result in interleaved(args, size, precision, peer_env).items():
+            flags_env, flags_what = (peer_env(precision, args.xla != "off") if on_cpu
+                                     else (None, ""))
+            for impl, result in interleaved(args, size, precision, flags_env,
+                                            flags_what).items():
                 results[size, precision, impl] = result
 
     report = Report("pretrain_step", "Pretraining step (MLM + NSP): sequences/s and MFU")
@@ -907,10 +942,12 @@ def main(argv=None):
             peers = {i: v for i, v in rates.items() if i != "tfbert"}
             if ours and peers:
                 best = max(peers, key=peers.get)
-                ratio_rows.append([size, precision, NAMES[best],
-                                   f"{ours / peers[best]:.2f}x"])
+                spread = round_ratios(results[size, precision, "tfbert"]["steps"],
+                                      results[size, precision, best]["steps"], args.steps)
+                ratio_rows.append([size, precision, NAMES[best], f"{ours / peers[best]:.2f}x",
+                                   f"{min(spread):.2f}x-{max(spread):.2f}x" if spread else "-"])
             else:
-                ratio_rows.append([size, precision, "-", "n/a (a side did not run)"])
+                ratio_rows.append([size, precision, "-", "n/a (a side did not run)", "-"])
             report.target(f"pretraining step, {size} {precision}: tfbert / fastest peer",
                           ours / max(peers.values()) if ours and peers else None, 1.3)
             if size == "base" and ours and precision in peaks:
@@ -918,8 +955,12 @@ def main(argv=None):
                               100 * flops * ours / args.batch_size / peaks[precision], 50,
                               unit="%")
     report.table(header, rows)
-    report.note("tfbert / fastest peer (sequences/s; > 1: tfbert faster):")
-    report.table(["size", "precision", "fastest peer", "tfbert / fastest peer"], ratio_rows)
+    report.note("tfbert / fastest peer (sequences/s; > 1: tfbert faster). The last column "
+                "is the range of the same ratio taken round by round (each side's median "
+                "step in that round's turns, which ran minutes apart at most), so it shows "
+                "how far the machine's drift moves the ratio:")
+    report.table(["size", "precision", "fastest peer", "tfbert / fastest peer",
+                  "round by round"], ratio_rows)
     report.note(
         "Notes: KerasHub has no NSP head, so its step does less (MLM only; pooler + NSP "
         "are 6H^2 + 12H of the FLOPs counted per sequence). Model FLOPs per step follow the "

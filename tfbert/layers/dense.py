@@ -37,19 +37,26 @@ from tensorflow.python.ops import control_flow_util
 XNNPACK_FLAG = "--xla_cpu_use_xnnpack"
 
 
-def xnnpack_setting():
-    """What XLA_FLAGS says of XLA's XNNPACK dots: True, False, or None where it does not
-    name the flag (the last setting wins, as in XLA).
+def xla_flag_value(flag):
+    """The value XLA_FLAGS gives `flag` ("" where it is named bare), or None where it does
+    not name it (the last setting wins, as in XLA).
 
     XLA reads XLA_FLAGS once, at the process's first XLA compile; this reads the variable
     now, which is what XLA saw unless the variable changed after that first compile.
     """
     value = None
-    for flag in os.environ.get("XLA_FLAGS", "").split():
-        name, _, setting = flag.partition("=")
-        if name == XNNPACK_FLAG:
-            value = setting.lower() in ("", "true", "1")
+    for item in os.environ.get("XLA_FLAGS", "").split():
+        name, _, setting = item.partition("=")
+        if name == flag:
+            value = setting
     return value
+
+
+def xnnpack_setting():
+    """What XLA_FLAGS says of XLA's XNNPACK dots: True, False, or None where it does not
+    name the flag."""
+    value = xla_flag_value(XNNPACK_FLAG)
+    return None if value is None else value.lower() in ("", "true", "1")
 
 
 def xnnpack_dots():

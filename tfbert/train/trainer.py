@@ -72,11 +72,11 @@ class Trainer:
                 f"the {strategy.num_replicas_in_sync} replicas"
             )
         on_cpu = all("CPU" in device.upper() for device in strategy.extended.worker_devices)
-        if cpu_xla.wants_xnnpack(config.model.dtype, trainer.jit_compile, on_cpu):
-            # Before anything compiles: XLA reads its flags once (tfbert/train/cpu_xla.py).
-            cpu_xla.use_xnnpack_dots()
-            self._log("bfloat16 on a CPU with bf16 dot instructions: XLA's XNNPACK matmuls on "
-                      "(XLA_FLAGS=--xla_cpu_use_xnnpack=false keeps them off)")
+        # Before anything compiles: XLA reads its flags once (tfbert/train/cpu_xla.py).
+        for flag, what in cpu_xla.use_tuned_flags(config.model.dtype, trainer.jit_compile,
+                                                  on_cpu):
+            self._log(f"{config.model.dtype} under XLA on this CPU: {what} ({flag} added "
+                      f"to XLA_FLAGS; name {flag.partition('=')[0]} there to choose)")
         # Same seed, same initial weights and dropout masks: runs are reproducible and
         # comparable across strategies.
         keras.utils.set_random_seed(trainer.seed)
