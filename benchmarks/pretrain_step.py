@@ -957,8 +957,8 @@ def main(argv=None):
     report.table(header, rows)
     report.note("tfbert / fastest peer (sequences/s; > 1: tfbert faster). The last column "
                 "is the range of the same ratio taken round by round (each side's median "
-                "step in that round's turns, which ran minutes apart at most), so it shows "
-                "how far the machine's drift moves the ratio:")
+                "step in its turn of that round; the turns of a round run one after the "
+                "other), so it shows how far the machine's drift moves the ratio:")
     report.table(["size", "precision", "fastest peer", "tfbert / fastest peer",
                   "round by round"], ratio_rows)
     report.note(
