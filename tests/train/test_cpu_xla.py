@@ -24,34 +24,32 @@ def test_the_cpu_check_reads_the_flags_line(tmp_path):
     assert not cpu_xla.cpu_has_bf16_dot(str(tmp_path / "missing"))
 
 
-def test_only_bfloat16_under_xla_on_such_a_cpu_wants_xnnpack(tmp_path, monkeypatch):
+WANTS = {"xnnpack": (cpu_xla.wants_xnnpack, "mixed_bfloat16", "avx512f avx512_bf16"),
+         "wide vectors": (cpu_xla.wants_wide_vectors, "float32", "avx2 avx512f avx512bw")}
+
+
+@pytest.mark.parametrize("name", sorted(WANTS))
+def test_each_flag_is_wanted_for_its_dtype_under_xla_on_such_a_cpu_only(tmp_path, monkeypatch,
+                                                                         name):
     monkeypatch.delenv("XLA_FLAGS", raising=False)
-    bf16, plain = cpuinfo(tmp_path, "avx512f avx512_bf16"), str(tmp_path / "none")
-    assert cpu_xla.wants_xnnpack("mixed_bfloat16", True, True, bf16)
-    assert not cpu_xla.wants_xnnpack("float32", True, True, bf16)
-    assert not cpu_xla.wants_xnnpack("mixed_float16", True, True, bf16)
-    assert not cpu_xla.wants_xnnpack("mixed_bfloat16", False, True, bf16)
-    assert not cpu_xla.wants_xnnpack("mixed_bfloat16", True, False, bf16)
-    assert not cpu_xla.wants_xnnpack("mixed_bfloat16", True, True, plain)
+    wants, dtype, flags = WANTS[name]
+    such, plain = cpuinfo(tmp_path, flags), str(tmp_path / "none")
+    assert wants(dtype, True, True, such)
+    for other in sorted({"float32", "mixed_bfloat16", "mixed_float16"} - {dtype}):
+        assert not wants(other, True, True, such)
+    assert not wants(dtype, False, True, such)
+    assert not wants(dtype, True, False, such)
+    assert not wants(dtype, True, True, plain)
 
 
-@pytest.mark.parametrize("flags", [f"{FLAG}=false", f"{FLAG}=true", f"--xla_dump_to=/x {FLAG}"])
-def test_an_xla_flags_that_names_it_is_left_alone(tmp_path, monkeypatch, flags):
+@pytest.mark.parametrize("name, flags", [
+    ("xnnpack", f"{FLAG}=false"), ("xnnpack", f"{FLAG}=true"),
+    ("xnnpack", f"--xla_dump_to=/x {FLAG}"),
+    ("wide vectors", f"{WIDTH}=256"), ("wide vectors", f"--xla_dump_to=/x {WIDTH}=512")])
+def test_an_xla_flags_that_names_it_is_left_alone(tmp_path, monkeypatch, name, flags):
     monkeypatch.setenv("XLA_FLAGS", flags)
-    assert not cpu_xla.wants_xnnpack("mixed_bfloat16", True, True,
-                                     cpuinfo(tmp_path, "avx512_bf16"))
-
-
-def test_only_float32_under_xla_on_an_avx512_cpu_wants_wide_vectors(tmp_path, monkeypatch):
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
-    avx512, avx2 = cpuinfo(tmp_path, "avx2 avx512f avx512bw"), str(tmp_path / "none")
-    assert cpu_xla.wants_wide_vectors("float32", True, True, avx512)
-    assert not cpu_xla.wants_wide_vectors("mixed_bfloat16", True, True, avx512)
-    assert not cpu_xla.wants_wide_vectors("float32", False, True, avx512)
-    assert not cpu_xla.wants_wide_vectors("float32", True, False, avx512)
-    assert not cpu_xla.wants_wide_vectors("float32", True, True, avx2)
-    monkeypatch.setenv("XLA_FLAGS", f"{WIDTH}=256")
-    assert not cpu_xla.wants_wide_vectors("float32", True, True, avx512)
+    wants, dtype, cpu = WANTS[name]
+    assert not wants(dtype, True, True, cpuinfo(tmp_path, cpu))
 
 
 def test_tuned_flags_name_each_flag_for_its_precision(tmp_path, monkeypatch):
@@ -126,25 +124,26 @@ def train_steps(dtype, xla_flags):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not cpu_xla.cpu_has_bf16_dot(), reason="the CPU has no AVX512-BF16/AMX-BF16")
-def test_a_bfloat16_step_under_xnnpack_trains_like_one_without():
-    # The trainer turns XNNPACK on by itself here; every matmul of the step (the
-    # attention's batched ones too) must compile under it, and learn the same.
-    on, off = train_steps("mixed_bfloat16", None), train_steps("mixed_bfloat16", f"{FLAG}=false")
-    assert f"mixed_bfloat16 under XLA on this CPU: XNNPACK matmuls ({FLAG}=true" in on["log"]
-    assert "XNNPACK" not in off["log"]
-    assert on["losses"][-1] < on["losses"][0]
-    for a, b in zip(on["losses"], off["losses"]):
-        assert abs(a - b) <= 0.02 * abs(b), (on["losses"], off["losses"])
+# (dtype, the flag the trainer adds, how its log names it, XLA_FLAGS that keeps XLA's
+# default, relative loss tolerance): the step must compile with the flag (XNNPACK: every
+# matmul, the attention's batched ones too) and learn what it does without.
+ADDED = {
+    "xnnpack": ("mixed_bfloat16", f"{FLAG}=true", "XNNPACK matmuls", f"{FLAG}=false", 0.02),
+    "wide vectors": ("float32", f"{WIDTH}=512", "512-bit vectors", f"{WIDTH}=256", 1e-4),
+}
 
 
-@pytest.mark.skipif("avx512f" not in cpu_xla.cpu_flags(), reason="the CPU has no AVX-512")
-def test_a_float32_step_with_wide_vectors_trains_like_one_without():
-    # The trainer asks for 512-bit vectors by itself here; the step must compile with
-    # them and compute what it does with XLA's default width, up to float rounding.
-    on, off = train_steps("float32", None), train_steps("float32", f"{WIDTH}=256")
-    assert f"float32 under XLA on this CPU: 512-bit vectors ({WIDTH}=512" in on["log"]
-    assert "512-bit" not in off["log"]
+@pytest.mark.parametrize("name", [
+    pytest.param("xnnpack", marks=pytest.mark.skipif(
+        not cpu_xla.cpu_has_bf16_dot(), reason="the CPU has no AVX512-BF16/AMX-BF16")),
+    pytest.param("wide vectors", marks=pytest.mark.skipif(
+        "avx512f" not in cpu_xla.cpu_flags(), reason="the CPU has no AVX-512")),
+])
+def test_a_step_with_the_flag_the_trainer_adds_trains_like_one_without(name):
+    dtype, flag, what, default, tolerance = ADDED[name]
+    on, off = train_steps(dtype, None), train_steps(dtype, default)
+    assert f"{dtype} under XLA on this CPU: {what} ({flag}" in on["log"]
+    assert what not in off["log"]
     assert on["losses"][-1] < on["losses"][0]
     for a, b in zip(on["losses"], off["losses"]):
-        assert abs(a - b) <= 1e-4 * abs(b), (on["losses"], off["losses"])
+        assert abs(a - b) <= tolerance * abs(b), (on["losses"], off["losses"])
