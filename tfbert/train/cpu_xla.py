@@ -12,13 +12,13 @@ own matmul, so only bfloat16 runs turn it on.
 
 512-bit vectors, for float32 on CPUs with AVX-512. XLA compiles its loops (the fusions
 around the matmuls: LayerNorm, GELU, softmax, dropout, the optimizer's update) for
-256-bit vectors unless told otherwise (--xla_cpu_prefer_vector_width, 256 by default, a
-guard against the lower clock some older Intel CPUs run at under 512-bit instructions;
-the matmuls themselves use AVX-512 either way). With 512 the BERT-base float32
-pretraining step (batch 8 x 128) took a median of 1,620 against 1,694 ms and 1,649
-against 1,718 ms (2-core AMD EPYC, Zen 5; one process each, 6 steps, alternating). In
-mixed_bfloat16 the same flag made the step slower (1,290 against 1,248 ms, interleaved),
-so bfloat16 runs keep XLA's default.
+256-bit vectors unless told otherwise (--xla_cpu_prefer_vector_width, 256 by default;
+512-bit instructions lower the clock of some older Intel CPUs; the matmuls use AVX-512
+either way). With 512 the BERT-base float32 pretraining step (batch 8 x 128, 2-core AMD
+EPYC, Zen 5) took a median of 1,627 against 1,649 ms with the two processes taking turns
+(6 turns of 3 steps), and 1,620 against 1,694 and 1,649 against 1,718 ms one process
+after the other (6 steps each): 1-4% less. In mixed_bfloat16 the same flag made the step
+slower (1,290 against 1,248 ms, taking turns), so bfloat16 runs keep XLA's default.
 
 The flags are process-wide and XLA reads them once, at the process's first XLA compile,
 so the trainer sets them (where they apply) before it compiles anything; a process that
