@@ -430,7 +430,7 @@ def worker_tfbert(args):
     config = ExperimentConfig(
         task="pretraining",
         model=ModelSection(preset=args.size,
-                           dtype="mixed_bfloat16" if args.precision == "bf16" else "float32"),
+                           dtype=policy_of(args.precision)),
         data=DataSection(max_seq_length=args.seq_length,
                          max_predictions_per_seq=args.max_predictions),
         trainer=TrainerSection(global_batch_size=args.batch_size, learning_rate=1e-4,
@@ -469,7 +469,7 @@ def worker_keras_hub(args):
     import tensorflow as tf
 
     c = model_config(args.size)
-    dtype = "mixed_bfloat16" if args.precision == "bf16" else "float32"
+    dtype = policy_of(args.precision)
     keras.utils.set_random_seed(SEED)
     backbone = keras_hub.models.BertBackbone(
         vocabulary_size=c["vocab"], num_layers=c["layers"], num_heads=c["heads"],
@@ -958,7 +958,9 @@ def main(argv=None):
     report.note("tfbert / fastest peer (sequences/s; > 1: tfbert faster). The last column "
                 "is the range of the same ratio taken round by round (each side's median "
                 "step in its turn of that round; the turns of a round run one after the "
-                "other), so it shows how far the machine's drift moves the ratio:")
+                "other), so it shows how far the machine's drift moves the ratio. With "
+                "few steps a turn, the whole run's ratio (of the medians over all turns) "
+                "can fall outside that range:")
     report.table(["size", "precision", "fastest peer", "tfbert / fastest peer",
                   "round by round"], ratio_rows)
     report.note(
