@@ -135,7 +135,7 @@ def xnnpack_env(precision, xla=True):
 
     if not cpu_xla.wants_xnnpack(policy_of(precision), jit_compile=xla, on_cpu=True):
         return None
-    return {**os.environ, "XLA_FLAGS": cpu_xla.xla_flags_with_xnnpack()}
+    return {**os.environ, "XLA_FLAGS": cpu_xla.xla_flags_with([f"{cpu_xla.XNNPACK_FLAG}=true"])}
 
 
 def peer_env(precision, xla=True):

@@ -95,8 +95,3 @@ def use_tuned_flags(dtype_policy, jit_compile, on_cpu, cpuinfo=CPU_FLAGS_FILE):
     if tuned:
         os.environ["XLA_FLAGS"] = xla_flags_with(flag for flag, _ in tuned)
     return tuned
-
-
-def xla_flags_with_xnnpack():
-    """XLA_FLAGS as it is, with XNNPACK dots turned on at the end."""
-    return xla_flags_with([f"{XNNPACK_FLAG}=true"])
