@@ -963,6 +963,11 @@ def main(argv=None):
                 "can fall outside that range:")
     report.table(["size", "precision", "fastest peer", "tfbert / fastest peer",
                   "round by round"], ratio_rows)
+
+    def skipped_percent(size):
+        shape = (1, args.seq_length, args.max_predictions)
+        return 100 * tfbert_skipped_flops(size, *shape) / model_flops(size, *shape)
+
     report.note(
         "Notes: KerasHub has no NSP head, so its step does less (MLM only; pooler + NSP "
         "are 6H^2 + 12H of the FLOPs counted per sequence). Model FLOPs per step follow the "
@@ -972,7 +977,7 @@ def main(argv=None):
         "tfbert's step computes its last encoder block only at the rows its heads read "
         f"(the first token and the {args.max_predictions} masked positions; keys and "
         "values at every row): the same loss and gradients for "
-        + ", ".join(f"{100 * tfbert_skipped_flops(size, 1, args.seq_length, args.max_predictions) / model_flops(size, 1, args.seq_length, args.max_predictions):.0f}% fewer FLOPs than counted at {size}"
+        + ", ".join(f"{skipped_percent(size):.0f}% fewer FLOPs than counted at {size}"
                     for size in args.sizes)
         + ", so its MFU counts work it skips."
         + bf16_note(peak.get("device"), peaks)

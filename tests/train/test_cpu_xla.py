@@ -91,7 +91,8 @@ B, S, P = 4, 32, 5
 inputs = {"input_word_ids": rng.integers(5, 100, (B, S)).astype("int32"),
           "input_mask": np.ones((B, S), "int32"),
           "input_type_ids": (np.arange(S)[None] >= S // 2).repeat(B, 0).astype("int32"),
-          "masked_lm_positions": np.sort(rng.permutation(np.arange(1, S))[:P])[None].repeat(B, 0).astype("int32")}
+          "masked_lm_positions": np.sort(rng.permutation(np.arange(1, S))[:P])[None]
+                                 .repeat(B, 0).astype("int32")}
 labels = {"masked_lm_ids": rng.integers(5, 100, (B, P)).astype("int32"),
           "masked_lm_weights": np.ones((B, P), "float32"),
           "next_sentence_labels": rng.integers(0, 2, (B, 1)).astype("int32")}

@@ -4,14 +4,14 @@ multiplies by a transposed copy of the kernel.
 The backward pass of y = x W computes dx = dy W^T. XLA on a CPU hands that to Eigen with
 the kernel as a transposed operand, which ran at 313-338 GFLOP/s on BERT-base's shapes
 (batch 8 x 128 tokens, 2-core CPU) against 420 for the same matmul with the transposed
-kernel already in memory (one shape measured; the forward matmuls ran at 385-421). Copying the kernel transposed costs less than that:
-in interleaved A/Bs of the base pretraining step (trainer loop, batch 8 x 128) in one
-process, the step took a median of 1,563 against 1,602 ms in fp32 with this layer against
-the plain matmul (16 turns of 3 steps each), and 1,674 against 1,715 ms in bf16 with the
-same gradient on every Keras Dense (6 turns of 3 steps). XLA folds a plain
-transpose back into the matmul, so the copy sits in a conditional whose other branch
-never runs (and is correct anyway). Elsewhere (no XLA, or a GPU or TPU, or a SavedModel)
-the layer is keras.layers.Dense.
+kernel already in memory (one shape measured; the forward matmuls ran at 385-421).
+Copying the kernel transposed costs less than that: in interleaved A/Bs of the base
+pretraining step (trainer loop, batch 8 x 128) in one process, the step took a median of
+1,563 against 1,602 ms in fp32 with this layer against the plain matmul (16 turns of 3
+steps each), and 1,674 against 1,715 ms in bf16 with the same gradient on every Keras
+Dense (6 turns of 3 steps). XLA folds a plain transpose back into the matmul, so the
+copy sits in a conditional whose other branch never runs (and is correct anyway).
+Elsewhere (no XLA, or a GPU or TPU, or a SavedModel) the layer is keras.layers.Dense.
 
 Under XLA's XNNPACK dots (XLA_FLAGS=--xla_cpu_use_xnnpack=true, which `tfbert.train`
 sets for bfloat16 training on CPUs with AVX512-BF16: see `tfbert.train.cpu_xla`) the
