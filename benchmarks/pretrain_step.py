@@ -126,26 +126,18 @@ def policy_of(precision):
     return "mixed_bfloat16" if precision == "bf16" else "float32"
 
 
-def xnnpack_env(precision, xla=True):
-    """The environment that turns XLA's XNNPACK matmuls on, for a bf16 group under XLA on
-    a CPU with bf16 dot instructions (where tfbert's trainer turns them on:
-    tfbert/train/cpu_xla.py); None elsewhere, or where XLA_FLAGS already names the flag
-    (then it holds for all)."""
-    from tfbert.train import cpu_xla
-
-    if not cpu_xla.wants_xnnpack(policy_of(precision), jit_compile=xla, on_cpu=True):
-        return None
-    return {**os.environ, "XLA_FLAGS": cpu_xla.xla_flags_with([f"{cpu_xla.XNNPACK_FLAG}=true"])}
-
-
-def peer_env(precision, xla=True):
+def peer_env(precision, xla=True, xnnpack_only=False):
     """(environment, what it adds) with the XLA flags tfbert's trainer adds for this
     precision on this CPU (tfbert/train/cpu_xla.py: XNNPACK matmuls in bf16 on CPUs with
     AVX512-BF16, 512-bit vectors in fp32 on CPUs with AVX-512), so the peers compile
-    under the same flags as tfbert; (None, "") where it adds none."""
+    under the same flags as tfbert; with `xnnpack_only`, the XNNPACK flag alone (the bf16
+    peak's). (None, "") where it adds none, or where XLA_FLAGS already names the flag
+    (then it holds for all)."""
     from tfbert.train import cpu_xla
 
     tuned = cpu_xla.tuned_flags(policy_of(precision), jit_compile=xla, on_cpu=True)
+    if xnnpack_only:
+        tuned = [(f, what) for f, what in tuned if f.startswith(f"{cpu_xla.XNNPACK_FLAG}=")]
     if not tuned:
         return None, ""
     env = {**os.environ, "XLA_FLAGS": cpu_xla.xla_flags_with(f for f, _ in tuned)}
@@ -620,8 +612,8 @@ def bf16_note(device, peaks):
     TensorFlow 2.20's XLA on CPU multiplies bf16 matrices with its float32 matmul,
     converting the operands (the step's profile shows the conversions), so that peak
     measures like the fp32 one even on CPUs with avx512_bf16; on those the driver also
-    measures XLA's XNNPACK matmul (xnnpack_env), which uses the bf16 instructions, and
-    keeps the better.
+    measures XLA's XNNPACK matmul (peer_env's XNNPACK flag), which uses the bf16
+    instructions, and keeps the better.
     """
     if device != "CPU" or "bf16" not in peaks or "fp32" not in peaks:
         return ""
@@ -871,7 +863,7 @@ def main(argv=None):
             for name, value in measured.get("peaks", {}).items():
                 peaks[name] = max(value, peaks.get(name, 0.0))
             on_cpu = measured.get("device", "CPU") == "CPU"
-            env = xnnpack_env(precision) if on_cpu else None
+            env = peer_env(precision, xnnpack_only=True)[0] if on_cpu else None
             if env:  # bf16 through XNNPACK: the better of the two is the bf16 peak
                 with_xnnpack = run_one(args, "peak", f"{size} {precision}: the peak with "
                                        "XNNPACK", env=env).get("peaks", {})
