@@ -67,9 +67,21 @@ class Dropout(keras.layers.Layer):
             self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, inputs, training=False):
+        return self.apply_mask(inputs, self.draw_mask(tf.shape(inputs), training))
+
+    def draw_mask(self, shape, training=False):
+        """The keep mask a call on an input of `shape` applies (it draws the call's seed),
+        or None where the call returns its input unchanged. With `apply_mask` on the
+        pieces of a mask split like its input, an input computed in pieces gets the mask
+        the whole would."""
         if not training or self.rate == 0:
+            return None
+        return keep_mask(shape, self.seed_generator.next(), self.rate)
+
+    def apply_mask(self, inputs, keep):
+        """`inputs` with `keep` (from `draw_mask`, or a piece of it) applied."""
+        if keep is None:
             return inputs
-        keep = keep_mask(tf.shape(inputs), self.seed_generator.next(), self.rate)
         scale = tf.cast(1.0 / (1.0 - self.rate), inputs.dtype)
         return tf.where(keep, inputs * scale, tf.zeros_like(inputs))
 

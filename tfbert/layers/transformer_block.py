@@ -6,6 +6,23 @@ from tfbert.layers import dense as dense_lib
 from tfbert.layers.activations import get_activation
 from tfbert.layers.dropout import Dropout
 
+# Under XLA on a CPU the attention is computed in this many independent pieces of its
+# [B*N] rows. XLA's CPU runtime runs each batched matmul on one thread and hands ready
+# ops to another thread only when more than eight are ready at once (kSplitThreshold in
+# openxla/xla's xla/backends/cpu/runtime/thunk.h), so in one piece a layer's batched
+# matmuls (and the two independent ones of each gradient pair) ran one after another while
+# the other core slept: about 70 ms of one core's time a step in a scheduler trace of the
+# base pretraining step (batch 8 x 128, 2-core CPU). Ten pieces is the fewest that leave
+# more than eight ready. In that step in fp32, four processes taking turns (10 rounds of 3
+# steps), it took 1,625 and 1,662 ms against 1,690 and 1,685 in one piece (44 ms less);
+# 12, 16 and 24 pieces, tried before, gained less or nothing (more pieces, more small ops
+# to gather). Small pieces cost more than they save: BERT-small (64 rows at batch 8) took
+# 276 and 274 against 282 and 285 ms, BERT-mini (32 rows, 3-4 a piece) 107 and 105
+# against 102 and 103 ms (8 rounds each), so the attention needs MIN_CHUNK_ROWS rows a
+# piece to be split.
+ATTENTION_CHUNKS = 10
+MIN_CHUNK_ROWS = 6
+
 
 @keras.saving.register_keras_serializable(package="tfbert")
 class TransformerBlock(keras.layers.Layer):
@@ -139,20 +156,11 @@ class TransformerBlock(keras.layers.Layer):
     def _attention_and_feed_forward(self, q, k, v, residual, attention_mask, training):
         """The block from the heads' q [B*N, Q, D], k, v [B*N, S, D] and the residual
         rows [B*Q, H] of the queries: [B*Q, H]."""
-        queries, seq = tf.shape(q)[1], tf.shape(k)[1]
-        scores = tf.matmul(q, k, transpose_b=True)                     # [B*N, Q, S]
-        scores = tf.reshape(scores, [-1, self.num_heads, queries, seq])  # [B, N, Q, S]
-        scores = scores * ops.cast(1.0 / self.head_dim**0.5, scores.dtype)
-        # Softmax in float32: bf16/fp16 logits lose too much precision before exp.
-        scores = ops.cast(scores, "float32")
-        mask = ops.cast(attention_mask, "float32")[:, None, None, :]  # [B, 1, 1, S]
-        # Google's modeling.py adds -10000 to padded keys; a large finite value keeps a
-        # fully padded row finite (uniform) instead of NaN.
-        scores = scores + (1.0 - mask) * -10000.0
-        probs = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
-        probs = self.attention_dropout_layer(probs, training=training)
-        probs = tf.reshape(probs, [-1, queries, seq])                  # [B*N, Q, S]
-        context = tf.matmul(probs, v)                                  # [B*N, Q, D]
+        queries = tf.shape(q)[1]
+        if self._attends_in_chunks(q):
+            context = self._attention_in_chunks(q, k, v, attention_mask, training)
+        else:
+            context = self._attention(q, k, v, attention_mask, training)  # [B*N, Q, D]
         context = tf.reshape(context, [-1, self.num_heads, queries, self.head_dim])
         context = tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [-1, self.hidden_dim])
         attn = self.dropout_layer(self.attention_output(context), training=training)
@@ -160,6 +168,52 @@ class TransformerBlock(keras.layers.Layer):
         ffn = self.output_dense(self.intermediate(h))                  # [B*Q, H]
         ffn = self.dropout_layer(ffn, training=training)
         return ops.cast(self.output_layer_norm(h + ffn), self.compute_dtype)
+
+    def _attention(self, q, k, v, attention_mask, training):
+        """The heads' context [B*N, Q, D] from q [B*N, Q, D], k, v [B*N, S, D]."""
+        queries, seq = tf.shape(q)[1], tf.shape(k)[1]
+        scores = tf.matmul(q, k, transpose_b=True)                     # [B*N, Q, S]
+        scores = tf.reshape(scores, [-1, self.num_heads, queries, seq])  # [B, N, Q, S]
+        padding = padding_bias(attention_mask)[:, None, None, :]       # [B, 1, 1, S]
+        probs = self._probabilities(scores, padding)
+        probs = self.attention_dropout_layer(probs, training=training)
+        probs = tf.reshape(probs, [-1, queries, seq])                  # [B*N, Q, S]
+        return tf.matmul(probs, v)
+
+    def _attends_in_chunks(self, q):
+        """Whether `_attention_in_chunks` takes the attention: float32 under XLA on a CPU
+        (without XNNPACK's dots, which bfloat16 training turns on), with enough rows known
+        when traced (see ATTENTION_CHUNKS)."""
+        rows = q.shape[0]
+        return (rows is not None and rows >= ATTENTION_CHUNKS * MIN_CHUNK_ROWS
+                and self.compute_dtype == "float32" and not dense_lib.xnnpack_dots()
+                and dense_lib.on_cpu_under_xla(self.qkv.kernel))
+
+    def _attention_in_chunks(self, q, k, v, attention_mask, training):
+        """`_attention` in ATTENTION_CHUNKS independent pieces of the [B*N] rows: the same
+        values, the same dropout mask (drawn whole, then split)."""
+        rows, queries, seq = q.shape[0], tf.shape(q)[1], tf.shape(k)[1]
+        sizes = [rows // ATTENTION_CHUNKS + (i < rows % ATTENTION_CHUNKS)
+                 for i in range(ATTENTION_CHUNKS)]
+        # Row b*N + n is head n of sequence b.
+        padding = tf.repeat(padding_bias(attention_mask), self.num_heads, axis=0)[:, None, :]
+        keep = self.attention_dropout_layer.draw_mask(tf.stack([rows, queries, seq]), training)
+        keeps = [None] * ATTENTION_CHUNKS if keep is None else tf.split(keep, sizes)
+        contexts = []
+        for q_i, k_i, v_i, padding_i, keep_i in zip(
+                tf.split(q, sizes), tf.split(k, sizes), tf.split(v, sizes),
+                tf.split(padding, sizes), keeps):
+            probs = self._probabilities(tf.matmul(q_i, k_i, transpose_b=True), padding_i)
+            probs = self.attention_dropout_layer.apply_mask(probs, keep_i)
+            contexts.append(tf.matmul(probs, v_i))
+        return tf.concat(contexts, 0)
+
+    def _probabilities(self, scores, padding):
+        """Softmax of the scaled scores plus `padding` (float32, broadcast to them)."""
+        scores = scores * ops.cast(1.0 / self.head_dim**0.5, scores.dtype)
+        # Softmax in float32: bf16/fp16 logits lose too much precision before exp.
+        scores = ops.cast(scores, "float32") + padding
+        return ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()
@@ -174,3 +228,10 @@ class TransformerBlock(keras.layers.Layer):
             layer_norm_epsilon=self.layer_norm_epsilon,
         )
         return config
+
+
+def padding_bias(attention_mask):
+    """float32 [B, S]: -10000 at padded keys, 0 elsewhere, added to the scores. Google's
+    modeling.py adds -10000 too; a large finite value keeps a fully padded row finite
+    (uniform) instead of NaN."""
+    return (1.0 - ops.cast(attention_mask, "float32")) * -10000.0
