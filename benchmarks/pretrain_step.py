@@ -52,7 +52,12 @@ its model and runs the first --warmup steps (graph tracing and XLA compilation, 
 and reported separately) while the others wait, then they take turns of --steps timed
 steps, the others idle, for --rounds rounds with the order rotating. A shared machine's
 speed drifts by 10-20% over minutes; taking turns puts the drift on every implementation
-alike. The table gives the median of each one's --steps x --rounds timed steps.
+alike. The table gives the median of each one's --steps x --rounds timed steps. Two
+processes of the same code can also differ by 1-2% for as long as they run (measured on
+a 2-core CPU at BERT-base: 17-37 ms a step, each keeping its offset over all rounds), so
+one run's ratio carries that too; --processes N runs N processes of each implementation,
+each taking its turn, and pools their steps (N times the memory: at base each process
+holds 4-5 GB, so on 24 GB two processes each fit two implementations, not three).
 
 Host memory (--host_memory): importing tfbert.train asks TensorFlow for its BFC pool on
 the CPU (tfbert/train/host_memory.py), so a compiled step reuses its buffers instead of
@@ -190,6 +195,11 @@ def parse_args(argv=None):
                         help="turns each implementation gets to time --steps steps; the "
                              "turns alternate between the implementations' processes, "
                              "which stay up side by side (steadier on a shared machine)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="processes per implementation, each taking its turn in every "
+                             "round; their steps are pooled (steadier against a process's "
+                             "own offset, at N times the time and memory: a base process "
+                             "holds 4-5 GB)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="CPU cores every implementation may use (default: all)")
     parser.add_argument("--profile", metavar="LOGDIR", default=None,
@@ -217,7 +227,8 @@ def parse_args(argv=None):
         if unknown or not values:
             parser.error(f"{what}: unknown or empty {', '.join(unknown)!r}; "
                          f"valid: {', '.join(valid)}")
-    for flag in ("batch_size", "seq_length", "max_predictions", "steps", "peak_n", "rounds"):
+    for flag in ("batch_size", "seq_length", "max_predictions", "steps", "peak_n", "rounds",
+                 "processes"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be >= 1")
     if args.max_predictions > args.seq_length - 1:
@@ -778,16 +789,22 @@ def interleaved(args, size, precision, env=None, env_what=""):
             # get them from XLA_FLAGS, and run without them where their step fails to
             # compile.
             impl_env = env if impl != "tfbert" else None
-            servers[impl] = Server(args, impl, size, precision, impl_env)
-            if impl_env and servers[impl].failure:
-                env_failed[impl] = servers[impl].failure
-                servers[impl] = Server(args, impl, size, precision)
+            servers[impl] = []
+            for _ in range(args.processes):
+                server = Server(args, impl, size, precision, impl_env)
+                if impl_env and server.failure:
+                    env_failed[impl] = server.failure
+                    impl_env = None
+                    server = Server(args, impl, size, precision)
+                servers[impl].append(server)
         order = list(args.implementations)
         for round_ in range(args.rounds):
             turn = order[round_ % len(order):] + order[:round_ % len(order)]
             for impl in turn:
-                servers[impl].take_turn(args.steps, f"round {round_ + 1}/{args.rounds}")
-        results = {impl: server.finish() for impl, server in servers.items()}
+                for server in servers[impl]:
+                    server.take_turn(args.steps, f"round {round_ + 1}/{args.rounds}")
+        results = {impl: pooled([server.finish() for server in group], args.steps)
+                   for impl, group in servers.items()}
         for impl, result in results.items():
             if "xla" not in result:
                 continue
@@ -799,8 +816,39 @@ def interleaved(args, size, precision, env=None, env_what=""):
                 result["xla"] += f" + {env_what}"
         return results
     finally:
-        for server in servers.values():
-            server.kill()
+        for group in servers.values():
+            for server in group:
+                server.kill()
+
+
+def processes_note(args, results):
+    """With --processes: how many each implementation ran, and each one's own median."""
+    if args.processes == 1:
+        return ""
+    medians = "; ".join(
+        f"{size} {precision} {SHORT[impl]} "
+        + ", ".join(f"{1e3 * m:,.0f}" for m in r["process_medians"])
+        for (size, precision, impl), r in results.items() if "process_medians" in r)
+    return (f", pooled from {args.processes} processes of each implementation, which took "
+            f"their turns one after the other (their own medians, ms: {medians})")
+
+
+def pooled(results, steps):
+    """One implementation's result from its processes' (see --processes): the first one's,
+    with every process's timed steps, round by round (each round's turns one after the
+    other, so round_ratios sees a round as `steps` x processes steps), and with the
+    processes' own medians kept; {"skip": ...} when any of them has none."""
+    for result in results:
+        if "steps" not in result:
+            return result
+    if len(results) == 1:
+        return results[0]
+    rounds = min(len(r["steps"]) for r in results) // steps
+    merged = dict(results[0])
+    merged["steps"] = [t for r in range(rounds) for result in results
+                       for t in result["steps"][r * steps:(r + 1) * steps]]
+    merged["process_medians"] = [percentile(r["steps"], 50) for r in results]
+    return merged
 
 
 def round_ratios(ours, peer, steps):
@@ -886,8 +934,8 @@ def main(argv=None):
         f"step's seconds are the 'first step' column), then they took turns of "
         f"{args.steps} timed steps, the others idle, for {args.rounds} round(s) with the "
         f"order rotating, so the machine's speed changes fall on all alike. ms/step is "
-        f"the median of an implementation's {args.steps * args.rounds} timed steps; "
-        f"{load}.")
+        f"the median of an implementation's {args.steps * args.rounds * args.processes} "
+        f"timed steps{processes_note(args, results)}; {load}.")
     if peaks:
         report.note(f"Measured matmul peak (best of 5 before each size and precision, "
                     f"{peak['n']}^3 chained "
@@ -935,7 +983,8 @@ def main(argv=None):
             if ours and peers:
                 best = max(peers, key=peers.get)
                 spread = round_ratios(results[size, precision, "tfbert"]["steps"],
-                                      results[size, precision, best]["steps"], args.steps)
+                                      results[size, precision, best]["steps"],
+                                      args.steps * args.processes)
                 ratio_rows.append([size, precision, NAMES[best], f"{ours / peers[best]:.2f}x",
                                    f"{min(spread):.2f}x-{max(spread):.2f}x" if spread else "-"])
             else:

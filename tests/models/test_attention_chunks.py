@@ -11,6 +11,7 @@ from tfbert.layers.transformer_block import TransformerBlock
 
 BATCH, SEQ, HIDDEN, HEADS = 3, 12, 32, 4  # 12 attention rows: ten pieces of 1-2 rows
 CHUNKS = 10
+ONE_PIECE = 10**9  # as many pieces as that: too few rows, so the attention stays whole
 POSITIONS = np.array([[0, 3, 3], [0, 9, 1], [0, 2, 11]], "int32")
 
 
@@ -69,13 +70,13 @@ def training_call(block, x, mask, chunks, seed, monkeypatch, jit_compile=True, *
 def test_pieces_give_the_values_gradients_and_dropout_of_one_piece(call, monkeypatch):
     block, x, mask = block_and_inputs()
     seed = block.attention_dropout_layer.seed_generator.state.numpy()
-    y1, g1, matmuls1 = training_call(block, x, mask, 10**9, seed, monkeypatch, **call)
+    y1, g1, matmuls1 = training_call(block, x, mask, ONE_PIECE, seed, monkeypatch, **call)
     y10, g10, matmuls10 = training_call(block, x, mask, CHUNKS, seed, monkeypatch, **call)
     # Forward and backward: the two batched matmuls and their gradients' four, per piece.
     assert matmuls1 == 2 * 3 and matmuls10 == CHUNKS * 2 * 3
     # Another seed draws another mask and changes the output: the mask matters, and the
     # pieces applied the one the whole drew.
-    other, _, _ = training_call(block, x, mask, 10**9, seed + 1, monkeypatch, **call)
+    other, _, _ = training_call(block, x, mask, ONE_PIECE, seed + 1, monkeypatch, **call)
     assert np.abs(other - y1).max() > 1e-3
     np.testing.assert_allclose(y10, y1, rtol=1e-5, atol=1e-5)
     assert len(g10) == len(g1) == 1 + len(block.trainable_variables)

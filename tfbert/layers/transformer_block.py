@@ -7,19 +7,20 @@ from tfbert.layers.activations import get_activation
 from tfbert.layers.dropout import Dropout
 
 # Under XLA on a CPU the attention is computed in this many independent pieces of its
-# [B*N] rows. XLA's CPU runtime runs each batched matmul on one thread and hands ready
-# ops to another thread only when more than eight are ready at once (kSplitThreshold in
+# [B*N] rows. XLA's CPU runtime runs each batched matmul on one thread and hands ready ops
+# to another thread only when more than eight are ready at once (kSplitThreshold in
 # openxla/xla's xla/backends/cpu/runtime/thunk.h), so in one piece a layer's batched
 # matmuls (and the two independent ones of each gradient pair) ran one after another while
 # the other core slept: about 70 ms of one core's time a step in a scheduler trace of the
 # base pretraining step (batch 8 x 128, 2-core CPU). Ten pieces is the fewest that leave
 # more than eight ready. In that step in fp32, four processes taking turns (10 rounds of 3
-# steps), it took 1,625 and 1,662 ms against 1,690 and 1,685 in one piece (44 ms less);
-# 12, 16 and 24 pieces, tried before, gained less or nothing (more pieces, more small ops
+# steps), it took 1,625 and 1,662 ms against 1,690 and 1,685 in one piece (44 ms less; 48
+# in another such run), though in a run beside KerasHub on a faster machine both took
+# 1,482-1,483 ms; 12, 16 and 24 pieces gained less or nothing (more pieces, more small ops
 # to gather). Small pieces cost more than they save: BERT-small (64 rows at batch 8) took
-# 276 and 274 against 282 and 285 ms, BERT-mini (32 rows, 3-4 a piece) 107 and 105
-# against 102 and 103 ms (8 rounds each), so the attention needs MIN_CHUNK_ROWS rows a
-# piece to be split.
+# 276 and 274 against 282 and 285 ms, BERT-mini (32 rows, 3-4 a piece) 107 and 105 against
+# 102 and 103 ms (8 rounds each), so the attention needs MIN_CHUNK_ROWS rows a piece to be
+# split.
 ATTENTION_CHUNKS = 10
 MIN_CHUNK_ROWS = 6
 
