@@ -1,6 +1,8 @@
 import keras
 from keras import ops
 
+from tfbert.layers.transformer_block import padding_bias
+
 
 @keras.saving.register_keras_serializable(package="tfbert")
 class SpanHead(keras.layers.Layer):
@@ -29,8 +31,7 @@ class SpanHead(keras.layers.Layer):
     def call(self, sequence_output, input_mask):
         # B=batch, S=sequence.
         logits = ops.cast(self.dense(sequence_output), "float32")   # [B, S, 2]
-        mask = ops.cast(input_mask, "float32")                      # [B, S]
-        penalty = (1.0 - mask) * -10000.0
+        penalty = padding_bias(input_mask)                          # [B, S]
         return logits[:, :, 0] + penalty, logits[:, :, 1] + penalty
 
     def get_config(self):

@@ -232,7 +232,7 @@ class TransformerBlock(keras.layers.Layer):
 
 
 def padding_bias(attention_mask):
-    """float32 [B, S]: -10000 at padded keys, 0 elsewhere, added to the scores. Google's
-    modeling.py adds -10000 too; a large finite value keeps a fully padded row finite
-    (uniform) instead of NaN."""
+    """float32 [B, S]: -10000 at padded positions, 0 elsewhere, added to the attention
+    scores (and by SpanHead to its logits). Google's modeling.py adds -10000 too; a large
+    finite value keeps a fully padded row finite (uniform) instead of NaN."""
     return (1.0 - ops.cast(attention_mask, "float32")) * -10000.0
