@@ -1,5 +1,7 @@
 """tfbert's AdamW takes the Adam paper's step (torch.optim.AdamW's), not Keras' epsilon-hat one."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -109,3 +111,34 @@ def test_the_update_is_split_only_under_xla_on_cpu_for_large_variables():
     tf.function(lambda: probe("xla"), jit_compile=True)()
     assert decisions == {"eager": (False, False, False), "graph": (False, False, False),
                          "xla": (True, False, True)}
+
+
+def test_the_split_updates_branches_compute_no_scalars():
+    # XLA's CPU runtime orders two ops that write the same buffer slice, and buffer
+    # assignment gives every conditional's scalar temporaries the same slice: scalars
+    # computed inside the branches would chain all the conditionals one after another.
+    # The branches hold the elementwise fusion alone; the scalars are their operands.
+    rng = np.random.default_rng(2)
+    shape = [optimizers.SPLIT_UPDATE_MIN_SIZE // 256, 256]
+    variables = [keras.Variable(0.01 * rng.normal(size=shape).astype("float32"), name=n)
+                 for n in ("kernel_a", "kernel_b")]
+    optimizer = AdamW(learning_rate=1e-3, weight_decay=0.01, epsilon=1e-6)
+    optimizer.build(variables)
+
+    @tf.function(jit_compile=True)
+    def step(gradient):
+        optimizer.apply_gradients([(gradient, v) for v in variables])
+
+    gradient = tf.constant(rng.normal(size=shape).astype("float32"))
+    hlo = step.experimental_get_compiler_ir(gradient)(stage="optimized_hlo")
+    computations = {}
+    for block in hlo.split("\n\n"):
+        header = block.strip().split("\n", 1)[0]
+        if header.startswith("%"):
+            computations[header.split(" ", 1)[0][1:]] = block
+    branches = [name for line in hlo.splitlines() if " conditional(" in line
+                for name in re.findall(r"(?:true|false)_computation=%([\w.\-]+)", line)]
+    assert len(branches) == 4  # two variables, two branches each
+    for name in branches:
+        scalars = re.findall(r"= f32\[\] (\w[\w-]*)\(", computations[name])
+        assert set(scalars) <= {"parameter", "get-tuple-element", "constant"}, (name, scalars)

@@ -88,12 +88,15 @@ class AdamW(keras.optimizers.AdamW):
             self.assign(v_max, ops.maximum(v_max, v))
             v = v_max
 
+        # m / bias_1 / (sqrt(v / bias_2) + eps), the divisions folded into scalars: one
+        # square root and one division per element. The scalars are computed here, not
+        # in direction(): see apart_from_in_place_update.
+        m_scale = lr / bias_1
+        v_scale = 1.0 / ops.sqrt(bias_2)
+
         def direction():
-            # m / bias_1 / (sqrt(v / bias_2) + eps), the divisions folded into scalars:
-            # one square root and one division per element.
-            denominator = ops.add(ops.multiply(ops.sqrt(v), 1.0 / ops.sqrt(bias_2)),
-                                  self.epsilon)
-            return ops.divide(ops.multiply(m, lr / bias_1), denominator)
+            denominator = ops.add(ops.multiply(ops.sqrt(v), v_scale), self.epsilon)
+            return ops.divide(ops.multiply(m, m_scale), denominator)
 
         if split_in_place_update(variable):
             update = apart_from_in_place_update(direction, self.iterations)
@@ -126,6 +129,12 @@ def apart_from_in_place_update(compute, iterations):
     A conditional is a fusion boundary, but XLA turns one whose branches are all
     elementwise into a select and fuses that; a reversal in the branch that never runs
     (the optimizer's step count is never negative) keeps it a conditional.
+
+    compute() should compute no scalars: XLA's buffer assignment gives the scalar
+    temporaries of every variable's branches one and the same slice, and its CPU runtime
+    runs ops that write one slice in turn, which chained all the conditionals one after
+    another (a profile of the base pretraining step showed each thread idle a quarter of
+    the update's second half). Computed outside, the scalars are the branches' operands.
     """
     return tf.cond(iterations >= 0, compute, lambda: tf.reverse(compute(), [0]))
 
