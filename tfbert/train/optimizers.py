@@ -135,6 +135,8 @@ def apart_from_in_place_update(compute, iterations):
     runs ops that write one slice in turn, which chained all the conditionals one after
     another (a profile of the base pretraining step showed each thread idle a quarter of
     the update's second half). Computed outside, the scalars are the branches' operands.
+    On a 2-core CPU the step took as long either way: the update is bound by memory
+    bandwidth, which the two threads share.
     """
     return tf.cond(iterations >= 0, compute, lambda: tf.reverse(compute(), [0]))
 
