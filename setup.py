@@ -50,6 +50,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["tfbert", "tfbert.*"]),
+    # AdamW's CPU kernel, compiled on first use (tfbert/train/fused_adamw.py).
+    package_data={"tfbert.train": ["fused_adamw.cc"]},
     install_requires=STACK,
     extras_require={
         "test": TEST,

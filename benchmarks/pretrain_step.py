@@ -389,6 +389,8 @@ def xla_op_kind(name):
         return "random bits"
     if "fusion" in op:
         return "fused elementwise / reductions"
+    if op == "custom-call":  # tfbert's AdamW kernel (tfbert/train/fused_adamw.py)
+        return "custom call"
     return op if op in ("reduce-window", "scatter", "gather", "sort", "copy", "concatenate",
                         "transpose", "reduce") else "other ops"
 
@@ -457,6 +459,11 @@ def worker_tfbert(args):
     what = {"step": "whole step (trainer loop: one device fuses the update)",
             "grads": "fwd+bwd; AdamW outside (trainer loop as on several replicas)",
             "off": "off (trainer loop, jit_compile=false)"}[args.xla]
+    if args.xla == "step":
+        from tfbert.train import fused_adamw
+
+        what += (" + AdamW's fused CPU kernel" if fused_adamw.available()
+                 else f" (AdamW's fused CPU kernel not built: {fused_adamw.unavailable_reason()})")
     params = sum(int(tf.size(v)) for v in trainer.model.trainable_variables)
     warmup, steps = time_steps(run, args)
     return {"warmup": warmup, "steps": steps, "xla": what, "params": params,
@@ -865,7 +872,7 @@ def profile_report(report, args, results):
     """Tables of where each profiled step's time went (see profile_steps)."""
     kinds = ["matmul", "fused elementwise / reductions", "random bits", "reduce-window",
              "scatter", "gather", "sort", "copy", "concatenate", "transpose", "reduce",
-             "other ops"]
+             "custom call", "other ops"]
     rows, top_rows = [], []
     for (size, precision, impl), r in results.items():
         profile = r.get("profile")

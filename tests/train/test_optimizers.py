@@ -61,6 +61,13 @@ def test_make_optimizer_builds_it_with_layer_decay_and_without():
         make_optimizer(TrainerSection(layer_decay=0.0))
 
 
+@pytest.fixture
+def xla_update(monkeypatch):
+    """The update as XLA compiles it, not tfbert.train.fused_adamw's kernel (tested in
+    test_fused_adamw.py): what runs where the kernel cannot be built, and on GPUs."""
+    monkeypatch.setattr(AdamW, "updates_in_kernel", lambda self, variable: False)
+
+
 def xla_run(params, grads_per_step):
     """AdamW steps in one XLA function, as the trainer and model.fit(jit_compile=True) run."""
     variable = keras.Variable(params, name="kernel")
@@ -77,7 +84,8 @@ def xla_run(params, grads_per_step):
     return np.asarray(variable.numpy(), np.float64), hlo
 
 
-def test_xla_on_cpu_computes_the_update_apart_from_the_in_place_write(monkeypatch):
+def test_xla_on_cpu_computes_the_update_apart_from_the_in_place_write(monkeypatch,
+                                                                      xla_update):
     rng = np.random.default_rng(1)
     size = optimizers.SPLIT_UPDATE_MIN_SIZE
     params = (0.01 * rng.normal(size=[size // 256, 256])).astype("float32")
@@ -113,7 +121,7 @@ def test_the_update_is_split_only_under_xla_on_cpu_for_large_variables():
                          "xla": (True, False, True)}
 
 
-def test_the_split_updates_branches_compute_no_scalars():
+def test_the_split_updates_branches_compute_no_scalars(xla_update):
     # XLA's CPU runtime orders two ops that write the same buffer slice, and buffer
     # assignment gives every conditional's scalar temporaries the same slice: scalars
     # computed inside the branches would chain all the conditionals one after another.

@@ -7,7 +7,7 @@ import tensorflow as tf
 from keras import ops
 
 from tfbert.layers.dense import on_cpu_under_xla
-from tfbert.train import layer_decay
+from tfbert.train import fused_adamw, layer_decay
 
 OPTIMIZERS = ("adamw", "lamb")
 DECAYS = ("linear", "polynomial", "constant")
@@ -71,6 +71,39 @@ class AdamW(keras.optimizers.AdamW):
     lr * m_hat / (sqrt(v_hat) + epsilon). Weight decay is Keras' (decoupled, lr * wd).
     """
 
+    _gradient_scale = None  # set by apply_scaled_gradients for one apply_gradients call
+    _kernel_decays = frozenset()  # keys of the variables the fused kernel decays
+
+    def apply_scaled_gradients(self, grads_and_vars, scale):
+        """apply_gradients for the gradients times `scale`, a scalar (the global-norm
+        clip's), multiplied inside the update: XLA folds it into the loops that read the
+        gradient, the fused CPU kernel into its one pass. Not with gradient accumulation,
+        which would scale the accumulated sum by one step's factor."""
+        if self.gradient_accumulation_steps:
+            raise ValueError("apply_scaled_gradients cannot scale accumulated gradients")
+        self._gradient_scale = scale
+        try:
+            return self.apply_gradients(grads_and_vars)
+        finally:
+            self._gradient_scale = None
+
+    def updates_in_kernel(self, variable):
+        """Whether `variable`'s update runs as tfbert.train.fused_adamw's CPU kernel: a
+        float32 variable on a CPU, under XLA, where the kernel could be built."""
+        return (not self.amsgrad
+                and variable.dtype == "float32"
+                and math.prod(int(dim) for dim in variable.shape) > 0
+                and on_cpu_under_xla(variable)
+                and fused_adamw.available())
+
+    def _apply_weight_decay(self, variables):
+        # The kernel decays its variables' weights in its own pass.
+        in_kernel = [v for v in variables if self.updates_in_kernel(v)]
+        self._kernel_decays = frozenset(
+            self._var_key(v) for v in in_kernel
+            if self.weight_decay is not None and self._use_weight_decay(v))
+        super()._apply_weight_decay([v for v in variables if not self.updates_in_kernel(v)])
+
     def update_step(self, gradient, variable, learning_rate):
         dtype = variable.dtype
         lr = ops.cast(learning_rate, dtype)
@@ -80,6 +113,12 @@ class AdamW(keras.optimizers.AdamW):
         bias_2 = 1.0 - ops.power(ops.cast(self.beta_2, dtype), step)
         m = self._momentums[self._get_variable_index(variable)]
         v = self._velocities[self._get_variable_index(variable)]
+        scale = self._gradient_scale
+        if self.updates_in_kernel(variable):
+            self._kernel_update(variable, gradient, m, v, lr, bias_1, bias_2, scale)
+            return
+        if scale is not None:
+            gradient = ops.multiply(gradient, ops.cast(scale, dtype))
         self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1.0 - self.beta_1))
         self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v),
                                         1.0 - self.beta_2))
@@ -103,6 +142,28 @@ class AdamW(keras.optimizers.AdamW):
         else:
             update = direction()
         self.assign_sub(variable, update)
+
+    def _kernel_update(self, variable, gradient, m, v, lr, bias_1, bias_2, scale):
+        decays = self._var_key(variable) in self._kernel_decays
+        # The scalars the XLA path above computes, in the kernel's order.
+        scalars = fused_adamw.pack_scalars([
+            1.0 if scale is None else scale,
+            1.0 - self.beta_1,
+            1.0 - self.beta_2,
+            lr / bias_1,
+            1.0 / ops.sqrt(bias_2),
+            self.epsilon,
+            self.weight_decay if decays else 0.0,
+            # Keras decays by the schedule's rate (not a layer-scaled one): as its
+            # _apply_weight_decay, which skips the kernel's variables.
+            self.learning_rate if decays else 0.0,
+        ])
+        weights, new_m, new_v = fused_adamw.update(
+            ops.convert_to_tensor(variable), ops.convert_to_tensor(m),
+            ops.convert_to_tensor(v), gradient, scalars)
+        self.assign(m, new_m)
+        self.assign(v, new_v)
+        self.assign(variable, weights)
 
 
 def split_in_place_update(variable):
@@ -139,6 +200,20 @@ def apart_from_in_place_update(compute, iterations):
     bandwidth, which the two threads share.
     """
     return tf.cond(iterations >= 0, compute, lambda: tf.reverse(compute(), [0]))
+
+
+def takes_gradient_scale(optimizer):
+    """Whether `optimizer` has apply_scaled_gradients and can use it (no accumulation)."""
+    return isinstance(optimizer, AdamW) and not optimizer.gradient_accumulation_steps
+
+
+def clip_scale(grads, clip_norm):
+    """The factor tf.clip_by_global_norm multiplies `grads` by: clip_norm / max(norm,
+    clip_norm), NaN where their global norm is not finite (as there, every gradient turns
+    NaN rather than being clipped by a meaningless factor)."""
+    norm = tf.linalg.global_norm(grads)
+    scale = clip_norm * tf.minimum(1.0 / norm, 1.0 / clip_norm)
+    return tf.where(tf.math.is_finite(norm), scale, tf.constant(float("nan"), norm.dtype))
 
 
 def make_optimizer(trainer, mixed_float16=False, clip_in_optimizer=True):

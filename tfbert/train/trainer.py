@@ -18,7 +18,9 @@ import tensorflow as tf
 from tfbert.models import presets
 from tfbert.train import cpu_xla
 from tfbert.train.host_memory import pooling_note
-from tfbert.train.optimizers import make_optimizer, set_layer_decay
+from tfbert.train.optimizers import (
+    clip_scale, make_optimizer, set_layer_decay, takes_gradient_scale,
+)
 from tfbert.train.strategies import is_chief
 from tfbert.train.tasks import get_task
 
@@ -163,20 +165,27 @@ class Trainer:
         grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
         return grads, sums
 
-    def _clip_global(self, grads):
-        """Clips by the norm of the gradient summed over all replicas, as one device would.
+    def _apply_clipped(self, grads, variables):
+        """Applies the gradients clipped by the norm of their sum over all replicas, as one
+        device would.
 
         The optimizer sums gradients over replicas again, so each replica hands it 1/N of
         the clipped sum. This costs a second all-reduce when there are several replicas.
+        On one replica tfbert's AdamW takes the clip's scale into its update instead of
+        clipped copies of the gradients: on a CPU under XLA its fused kernel multiplies in
+        the pass it makes anyway (tfbert.train.fused_adamw).
         """
         ctx = tf.distribute.get_replica_context()
         replicas = ctx.num_replicas_in_sync if ctx is not None else 1
+        if replicas == 1 and takes_gradient_scale(self.optimizer):
+            scale = clip_scale(grads, self._clip_norm)
+            return self.optimizer.apply_scaled_gradients(zip(grads, variables), scale)
         if replicas > 1:
             grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
         grads, _ = tf.clip_by_global_norm(grads, self._clip_norm)
         if replicas > 1:
             grads = [g / replicas for g in grads]
-        return grads
+        return self.optimizer.apply_gradients(zip(grads, variables))
 
     def _fuses_update(self):
         """Whether the optimizer update compiles into the XLA step with the gradients.
@@ -201,8 +210,9 @@ class Trainer:
             pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
             grads = [g for g, _ in pairs]
             if self._clip_norm:
-                grads = self._clip_global(grads)
-            self.optimizer.apply_gradients(zip(grads, [v for _, v in pairs]))
+                self._apply_clipped(grads, [v for _, v in pairs])
+            else:
+                self.optimizer.apply_gradients(pairs)
 
         fused = self._fuses_update()
         compute = self._replica_grads
