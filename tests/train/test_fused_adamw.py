@@ -142,10 +142,11 @@ def test_the_kernel_is_used_only_under_xla_on_cpu_for_float32():
                          "xla": (built, False)}
 
 
-def test_without_the_kernel_the_xla_path_runs_with_one_warning(monkeypatch, caplog):
+def test_without_the_kernel_the_xla_path_runs_with_one_warning(monkeypatch, caplog,
+                                                               tmp_path):
     monkeypatch.setattr(fused_adamw, "_state", {})
-    monkeypatch.setenv("CXX", "/bin/false")
-    monkeypatch.setenv(fused_adamw.ENV_CACHE, "/nonexistent-tfbert-cache/sub")
+    monkeypatch.setenv("CXX", "/bin/false")  # a compiler that always fails
+    monkeypatch.setenv(fused_adamw.ENV_CACHE, str(tmp_path))
     with caplog.at_level("WARNING", logger=fused_adamw.__name__):
         assert not fused_adamw.available()
         assert not fused_adamw.available()  # tried once

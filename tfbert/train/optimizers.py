@@ -98,11 +98,12 @@ class AdamW(keras.optimizers.AdamW):
 
     def _apply_weight_decay(self, variables):
         # The kernel decays its variables' weights in its own pass.
-        in_kernel = [v for v in variables if self.updates_in_kernel(v)]
+        in_kernel = {id(v) for v in variables if self.updates_in_kernel(v)}
         self._kernel_decays = frozenset(
-            self._var_key(v) for v in in_kernel
-            if self.weight_decay is not None and self._use_weight_decay(v))
-        super()._apply_weight_decay([v for v in variables if not self.updates_in_kernel(v)])
+            self._var_key(v) for v in variables
+            if id(v) in in_kernel and self.weight_decay is not None
+            and self._use_weight_decay(v))
+        super()._apply_weight_decay([v for v in variables if id(v) not in in_kernel])
 
     def update_step(self, gradient, variable, learning_rate):
         dtype = variable.dtype
