@@ -203,3 +203,39 @@ def test_clip_scale_is_the_global_norm_clips_factor():
     np.testing.assert_allclose(clipped[0].numpy(),
                                grads[0].numpy() * float(optimizers.clip_scale(grads, 2.0)))
     assert np.isnan(float(optimizers.clip_scale([tf.constant([np.inf])], 1.0)))
+
+
+def fit_embedding_model(seed=0):
+    """One epoch of model.fit(jit_compile=True) on an Embedding (its gradient comes as
+    IndexedSlices) and a Dense, with tfbert's AdamW and Keras' global-norm clip."""
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((5,), dtype="int32"),
+                              keras.layers.Embedding(50, 8, name="embed"),
+                              keras.layers.GlobalAveragePooling1D(),
+                              keras.layers.Dense(3, name="head")])
+    optimizer = AdamW(learning_rate=1e-2, weight_decay=0.01, epsilon=1e-6,
+                      global_clipnorm=1.0)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
+                  jit_compile=True)
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 50, (64, 5)).astype("int32")
+    y = rng.integers(0, 3, (64,)).astype("int32")
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    return [w.numpy() for w in model.weights]
+
+
+@needs_compiler
+def test_model_fit_with_jit_compile_uses_the_kernel_alike(monkeypatch):
+    calls = []
+    original = AdamW._kernel_update
+
+    def counted(self, *args):
+        calls.append(1)
+        return original(self, *args)
+
+    monkeypatch.setattr(AdamW, "_kernel_update", counted)
+    kernel = fit_embedding_model()
+    # The embedding, the head's kernel and bias, in each trace of the train step.
+    assert calls and len(calls) % 3 == 0
+    monkeypatch.setattr(AdamW, "updates_in_kernel", lambda self, variable: False)
+    assert_same_update(kernel, fit_embedding_model())

@@ -10,7 +10,10 @@ gives it the variables' own buffers and copies nothing; the trainer's global-nor
 passes its scale in (the XLA path multiplies the gradient in a loop that reads it anyway).
 
 Measured on a 2-core AMD EPYC (Zen 5): the update of a 30,522 x 768 variable took 12.5 ms
-on one thread, against 22-25 ms for the XLA update on two.
+on one thread, against 22-25 ms for the XLA update on two; BERT-base's whole update (110M
+weights, the clip's norm apart) 55 against 103 ms; its pretraining step (batch 8 x 128)
+1,609 against 1,654 ms in float32 (two processes of each taking turns, 8 rounds of 3
+steps) and 1,342 against 1,386 ms in mixed bfloat16, whose weights are float32 too.
 
 The kernel is compiled on first use with the machine's C++ compiler (`CXX`, else `c++`,
 for the CPU it runs on) into tfbert's cache, `$TFBERT_CACHE` or ~/.cache/tfbert, and
@@ -164,12 +167,14 @@ def update(weights, m, v, gradient, scalars):
     """(new weights, new m, new v) from the kernel, inside an XLA function on a CPU.
 
     `weights`, `m`, `v`, `gradient`: float32 tensors of one static shape (the variables'
-    values as read); `scalars`: from pack_scalars.
+    values as read; a gradient of IndexedSlices, an embedding's, is made dense);
+    `scalars`: from pack_scalars.
     """
     # TensorFlow's own wrapper of the XlaCallModule op (jax2tf's way into XLA).
     from tensorflow.compiler.tf2xla.python import xla
 
     shape = [int(d) for d in weights.shape]
+    gradient = tf.convert_to_tensor(gradient)
     return xla.call_module(
         [weights, m, v, gradient, scalars], version=MODULE_VERSION,
         module=_module_text(shape), Tout=[tf.float32] * 3, Sout=[shape] * 3,

@@ -69,6 +69,11 @@ class AdamW(keras.optimizers.AdamW):
     up to 4x, and fine-tuning, which is all early steps, learns measurably slower than
     the same recipe in PyTorch. Here the step is the Adam paper's (as torch.optim.AdamW):
     lr * m_hat / (sqrt(v_hat) + epsilon). Weight decay is Keras' (decoupled, lr * wd).
+
+    Under XLA on a CPU each float32 variable's update (weight decay, the clip's scale if
+    apply_scaled_gradients passes one, m, v, the step) is one pass of a C++ kernel
+    (tfbert.train.fused_adamw); where that kernel cannot be built, and everywhere else,
+    it is the ops below.
     """
 
     _gradient_scale = None  # set by apply_scaled_gradients for one apply_gradients call
@@ -168,7 +173,8 @@ class AdamW(keras.optimizers.AdamW):
 
 
 def split_in_place_update(variable):
-    """Whether `variable`'s update should compute its square roots apart: XLA on CPU.
+    """Whether `variable`'s update should compute its square roots apart: XLA on CPU
+    (where the fused kernel is not used).
 
     XLA updates a donated variable in place: the fusion that reads the variable writes
     its buffer. LLVM vectorises such an elementwise loop only behind a run-time check
