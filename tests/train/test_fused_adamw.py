@@ -2,7 +2,6 @@
 update as the XLA path; without it the XLA path runs."""
 
 import os
-import shutil
 
 import keras
 import numpy as np
@@ -13,7 +12,7 @@ from tfbert.train import fused_adamw, layer_decay, optimizers
 from tfbert.train.optimizers import AdamW
 
 needs_compiler = pytest.mark.skipif(
-    not (os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")),
+    not fused_adamw._compiler(),
     reason="no C++ compiler on this machine: the fused kernel cannot be built",
 )
 
@@ -177,7 +176,7 @@ def test_a_failed_build_names_the_compiler_error_and_leaves_no_file(tmp_path):
 
 @needs_compiler
 def test_the_build_is_cached_and_renamed_into_place(tmp_path):
-    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    compiler = fused_adamw._compiler()
     first = fused_adamw._build(compiler, str(tmp_path))
     stamp = os.stat(first).st_mtime_ns
     assert fused_adamw._build(compiler, str(tmp_path)) == first
