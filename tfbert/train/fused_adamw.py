@@ -95,9 +95,11 @@ def _build(compiler, out_dir):
     return path
 
 
+def _switched_off():
+    return os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off")
+
+
 def _load():
-    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
-        raise RuntimeError(f"turned off by {ENV_SWITCH}")
     if platform.system() != "Linux":
         raise RuntimeError(f"built for Linux only, not {platform.system()}")
     compiler = _compiler()
@@ -117,14 +119,15 @@ def _load():
 def available():
     """Whether the kernel is built and registered in this process (tried once)."""
     with _lock:
-        if not _state:
+        if not _state and _switched_off():
+            _state["error"] = f"turned off by {ENV_SWITCH}"
+        elif not _state:
             try:
                 _state["library"] = _load()
             except (OSError, RuntimeError, AttributeError) as error:
                 _state["error"] = str(error)
-                if not str(error).startswith("turned off"):
-                    _log.warning("AdamW's fused CPU kernel is not available (%s); the "
-                                 "update runs as XLA compiles it", error)
+                _log.warning("AdamW's fused CPU kernel is not available (%s); the "
+                             "update runs as XLA compiles it", error)
         return "library" in _state
 
 
